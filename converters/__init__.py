@@ -1,0 +1,90 @@
+"""Converters, one module per target format, each registered under its :class:`Format`.
+
+A converter exports the source once (``export``), then builds each precision from that base
+(``build``) into a staging directory; ``edgekit.convert`` verifies and publishes the result.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
+
+from edgekit.deps import require
+from edgekit.errors import ConfigError
+from edgekit.registry import Registry
+from edgekit.types import Format, Precision
+
+if TYPE_CHECKING:
+    from edgekit.calib import CalibrationSet
+    from edgekit.sources import ModelSource
+
+ProgressFn = Callable[[str, int, "int | None"], None]
+
+
+@dataclass
+class BuildContext:
+    """What a converter needs for one conversion: the source, data, options and a work dir."""
+
+    source: ModelSource
+    options: Any  # the converter's own frozen options dataclass
+    workdir: Path
+    calibration: CalibrationSet | None = None
+    progress: ProgressFn | None = None
+
+    def report(self, task: str, done: int, total: int | None = None) -> None:
+        if self.progress is not None:
+            self.progress(task, done, total)
+
+
+@dataclass
+class Built:
+    """A finished variant in the staging dir: the model file, its companions, how it was made."""
+
+    model: Path
+    companions: list[Path] = field(default_factory=list)
+    route: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def files(self) -> list[Path]:
+        """Companions first, the model last: its presence means the rest is in place."""
+        return [*self.companions, self.model]
+
+
+class Converter(ABC):
+    """Base of every format converter."""
+
+    format: ClassVar[Format]
+    precisions: ClassVar[tuple[Precision, ...]]
+    suffix: ClassVar[str]
+    extra: ClassVar[str]
+    requires: ClassVar[tuple[str, ...]]
+    distributions: ClassVar[tuple[str, ...]]  # versions recorded in the manifest
+    Options: ClassVar[type]
+
+    def check(self, precisions: list[Precision]) -> None:
+        """Fail early, before any work, on an unsupported precision or a missing package."""
+        bad = [p.value for p in precisions if p not in self.precisions]
+        if bad:
+            raise ConfigError(f"{self.format.value} does not support precision(s) {', '.join(bad)}",
+                              fix=f"{self.format.value} supports: "
+                              f"{', '.join(p.value for p in self.precisions)}")
+        for module in self.requires:
+            require(module, self.extra, f"converting to {self.format.value}")
+
+    def needs_calibration(self, precision: Precision) -> bool:
+        return False
+
+    @abstractmethod
+    def export(self, ctx: BuildContext) -> Any:
+        """Export the source once; the result is the base every precision is built from."""
+
+    @abstractmethod
+    def build(self, base: Any, precision: Precision, stem: str, ctx: BuildContext) -> Built:
+        """Write the ``precision`` variant as ``<stem><suffix>`` (plus companions) in ``ctx.workdir``."""
+
+
+CONVERTERS: Registry[Format, type[Converter]] = Registry(
+    "converter", "edgekit.converters", "edgekit.converters")

@@ -1,0 +1,317 @@
+"""ONNX: torch's dynamo exporter, then ONNX Runtime's quantizers for each precision.
+
+fp32 is the exported graph; fp16 converts weights (float I/O kept); int8-dynamic and int8
+(static QDQ, per-channel, calibrated) use ``onnxruntime.quantization``; int4 is block-wise
+weight-only ``MatMulNBits`` (and ``GatherBlockQuantized`` for embedding tables).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from edgekit.converters import CONVERTERS, BuildContext, Built, Converter
+from edgekit.converters import _onnx_graph as graph
+from edgekit.errors import CalibrationError, ExportError, QuantizationError
+from edgekit.types import Format, Precision
+
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+
+
+@dataclass(frozen=True)
+class OnnxOptions:
+    """Options of the ONNX converter (``-O name=value`` on the command line)."""
+
+    opset: int | None = None  # None: the exporter's default
+    external_data_threshold: int = 1_800_000_000  # bytes of weights above which data goes to .data
+    per_channel: bool = True  # int8 weights per output channel
+    calibration: str = "minmax"  # int8 activation ranges: minmax, entropy or percentile
+    calibration_samples: int = 128
+    int4_block_size: int = 32
+    int4_symmetric: bool = True
+    int4_accuracy_level: int | None = None  # MatMulNBits compute type: 4 = int8 activations
+    quantize_embeddings: bool = True  # int8-dynamic/int4 also quantize Gather (embedding tables)
+    nodes_to_exclude: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        from edgekit.errors import ConfigError
+
+        if self.calibration not in CALIBRATION_METHODS:
+            raise ConfigError(f"unknown calibration method {self.calibration!r}",
+                              fix=f"use one of {CALIBRATION_METHODS}")
+        if self.int4_block_size < 16 or self.int4_block_size & (self.int4_block_size - 1):
+            raise ConfigError(f"int4_block_size must be a power of two >= 16, got {self.int4_block_size}",
+                              fix="use 16, 32, 64 or 128")
+        if self.calibration_samples < 1:
+            raise ConfigError("calibration_samples must be at least 1", fix="use e.g. 128")
+
+
+@dataclass
+class Base:
+    """The exported fp32 graph and its quantization-ready copy."""
+
+    fp32: Path
+    prepared: Path  # Gemm rewritten to MatMul, intermediate shapes dropped
+    external: bool
+    gemm_rewritten: int
+
+
+Builder = Callable[["OnnxConverter", Base, Path, BuildContext], tuple[str, dict[str, Any]]]
+BUILDERS: dict[Precision, Builder] = {}
+
+
+def builder(precision: Precision) -> Callable[[Builder], Builder]:
+    def deco(fn: Builder) -> Builder:
+        BUILDERS[precision] = fn
+        return fn
+
+    return deco
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Exporters and quantizers print and warn freely; the library must not."""
+    loggers = [logging.getLogger(n) for n in ("onnxruntime", "onnxscript", "torch.onnx", "root")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+@CONVERTERS.register(Format.ONNX)
+class OnnxConverter(Converter):
+    format = Format.ONNX
+    precisions = (Precision.FP32, Precision.FP16, Precision.INT8_DYNAMIC, Precision.INT8, Precision.INT4)
+    suffix = ".onnx"
+    extra = "convert"
+    requires = ("torch", "onnx", "onnxscript", "onnxruntime")
+    distributions = ("torch", "onnx", "onnxscript", "onnxruntime")
+    Options = OnnxOptions
+
+    def needs_calibration(self, precision: Precision) -> bool:
+        return precision is Precision.INT8
+
+    # -- export --------------------------------------------------------------------------
+    def export(self, ctx: BuildContext) -> Base:
+        import onnx
+
+        opts: OnnxOptions = ctx.options
+        fp32 = ctx.workdir / "base.onnx"
+        ctx.report("export to ONNX", 0, 2)
+        program = self._torch_export(ctx)
+        ctx.report("export to ONNX", 1, 2)
+        weight_bytes = sum(int(np.prod(t.shape)) * t.element_size() for t in program.state_dict.values())
+        external = weight_bytes > opts.external_data_threshold
+        with quiet():
+            try:
+                onnx_program = _to_onnx(program, ctx, opts)
+            except Exception as e:
+                raise _export_error(e, program) from e
+            onnx_program.save(str(fp32), external_data=external)
+        model = onnx.load(str(fp32), load_external_data=False)
+        graph.strip_value_info(model)
+        graph.name_dynamic_axes(model, ctx.source.dynamic_axes)
+        onnx.save(model, str(fp32))
+        try:
+            onnx.checker.check_model(str(fp32))
+        except onnx.checker.ValidationError as e:
+            raise ExportError(f"the exported ONNX graph is invalid: {str(e).splitlines()[0]}",
+                              fix="report this model to edgekit with the torch version") from e
+        full = onnx.load(str(fp32))
+        rewritten = graph.gemm_to_matmul(full)
+        prepared = ctx.workdir / "prepared.onnx"
+        _save(full, prepared, external)
+        ctx.report("export to ONNX", 2, 2)
+        return Base(fp32, prepared, external, rewritten)
+
+    def _torch_export(self, ctx: BuildContext) -> Any:
+        import torch
+
+        src = ctx.source
+        if src.exported_program is not None:
+            return src.exported_program
+        args, shapes = _export_args(src)
+        try:
+            with quiet():
+                # the wrapper takes *args, so the specs nest one level: (per-input specs,)
+                return torch.export.export(src.module, args, dynamic_shapes=(shapes,), strict=False)
+        except Exception as e:  # torch.export raises many types (UserError, GuardOnDataDependent...)
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ExportError(f"torch.export could not trace {src.name}: {first}",
+                              fix="make forward() traceable (no data-dependent Python control flow), "
+                              "or pass dynamic_axes={} to export with static shapes") from e
+
+    # -- precisions ----------------------------------------------------------------------
+    def build(self, base: Base, precision: Precision, stem: str, ctx: BuildContext) -> Built:
+        out = ctx.workdir / f"{stem}{self.suffix}"
+        try:
+            with quiet():
+                route, details = BUILDERS[precision](self, base, out, ctx)
+        except (CalibrationError, QuantizationError):
+            raise
+        except Exception as e:
+            raise QuantizationError(f"{precision.value} quantization of {ctx.source.name} failed: "
+                                    f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}",
+                                    fix="try another precision, or exclude the failing nodes with "
+                                    "-O nodes_to_exclude=NAME,...") from e
+        import onnx
+
+        model = onnx.load(str(out), load_external_data=False)
+        details["ops"] = graph.op_counts(model)
+        companions = sorted(p for p in out.parent.glob(out.name + ".data"))
+        return Built(out, companions, route, details)
+
+
+def _export_args(src: Any) -> tuple[tuple, tuple]:
+    """Example tensors (dynamic axes widened to >= 2, which torch.export would specialize) and
+    dynamic shape specs with one shared ``Dim`` per axis name."""
+    import torch
+
+    dims: dict[str, Any] = {}
+    args, shapes = [], []
+    for name in src.input_names:
+        arr = src.example_inputs[name]
+        axes = src.dynamic_axes.get(name, {})
+        for axis in axes:
+            if arr.shape[axis] < 2:
+                arr = np.repeat(arr, 2, axis=axis)
+        args.append(torch.from_numpy(np.ascontiguousarray(arr)))
+        shapes.append({axis: dims.setdefault(label, torch.export.Dim(label))
+                       for axis, label in axes.items()} or None)
+    return tuple(args), tuple(shapes)
+
+
+def _to_onnx(program: Any, ctx: BuildContext, opts: OnnxOptions) -> Any:
+    import torch
+
+    kwargs: dict[str, Any] = {}
+    if opts.opset is not None:
+        kwargs["opset_version"] = opts.opset
+    return torch.onnx.export(program, dynamo=True, input_names=ctx.source.input_names,
+                             output_names=ctx.source.output_names, verbose=False, **kwargs)
+
+
+def _export_error(e: Exception, program: Any) -> ExportError:
+    text = str(e)
+    failing_op = graph.failing_operator(text) or graph.failing_operator(str(e.__cause__ or ""))
+    if failing_op:
+        where = graph.module_of(program, failing_op)
+        place = f" in module '{where[0]}' ({where[1]})" if where else ""
+        return ExportError(f"the ONNX exporter has no translation for operator {failing_op}{place}",
+                           fix="replace that operator in the module (or move it out of forward()), "
+                           "or register a custom ONNX translation for it")
+    first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
+    return ExportError(f"ONNX export failed: {first}",
+                       fix="run torch.onnx.export(..., dynamo=True, report=True) for the full report")
+
+
+def _save(model: Any, path: Path, external: bool) -> None:
+    import onnx
+
+    onnx.save_model(model, str(path), save_as_external_data=external,
+                    all_tensors_to_one_file=True, location=path.name + ".data")
+
+
+class _Reader:
+    """ORT's CalibrationDataReader protocol over our calibration set, reporting progress."""
+
+    def __init__(self, ctx: BuildContext, limit: int) -> None:
+        cal = ctx.calibration
+        assert cal is not None  # convert() guarantees calibration data for int8
+        self._batches = iter(list(cal.take(limit).batches(1)))
+        self._total = min(limit, cal.size)
+        self._done = 0
+        self._ctx = ctx
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self._batches, None)
+        if batch is not None:
+            self._done += 1
+            self._ctx.report("calibrate int8", self._done, self._total)
+        return batch
+
+    def rewind(self) -> None:  # part of ORT's reader protocol; calibration reads once
+        pass
+
+
+@builder(Precision.FP32)
+def _fp32(conv: OnnxConverter, base: Base, out: Path, ctx: BuildContext) -> tuple[str, dict[str, Any]]:
+    import onnx
+
+    _save(onnx.load(str(base.fp32)), out, base.external)
+    return "torch.export + torch.onnx.export(dynamo=True)", {}
+
+
+@builder(Precision.FP16)
+def _fp16(conv: OnnxConverter, base: Base, out: Path, ctx: BuildContext) -> tuple[str, dict[str, Any]]:
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = convert_float_to_float16(onnx.load(str(base.fp32)), keep_io_types=True)
+    _save(model, out, base.external)
+    return "onnxruntime.transformers.float16 (float32 inputs/outputs kept)", {"keep_io_types": True}
+
+
+@builder(Precision.INT8_DYNAMIC)
+def _int8_dynamic(conv: OnnxConverter, base: Base, out: Path, ctx: BuildContext
+                  ) -> tuple[str, dict[str, Any]]:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    opts: OnnxOptions = ctx.options
+    ops = ["MatMul", "Gather"] if opts.quantize_embeddings else ["MatMul"]
+    quantize_dynamic(str(base.prepared), str(out), weight_type=QuantType.QInt8,
+                     per_channel=opts.per_channel, op_types_to_quantize=ops,
+                     nodes_to_exclude=list(opts.nodes_to_exclude),
+                     use_external_data_format=base.external)
+    return "onnxruntime quantize_dynamic (int8 weights, dynamic activations)", {"op_types": ops}
+
+
+@builder(Precision.INT8)
+def _int8_static(conv: OnnxConverter, base: Base, out: Path, ctx: BuildContext
+                 ) -> tuple[str, dict[str, Any]]:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    opts: OnnxOptions = ctx.options
+    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+              "percentile": CalibrationMethod.Percentile}[opts.calibration]
+    reader = _Reader(ctx, opts.calibration_samples)
+    quantize_static(str(base.prepared), str(out), reader, quant_format=QuantFormat.QDQ,
+                    per_channel=opts.per_channel, weight_type=QuantType.QInt8,
+                    activation_type=QuantType.QUInt8, calibrate_method=method,
+                    nodes_to_exclude=list(opts.nodes_to_exclude),
+                    use_external_data_format=base.external)
+    return ("onnxruntime quantize_static (QDQ, int8 weights"
+            f"{' per channel' if opts.per_channel else ''}, uint8 activations)"), {
+        "calibration": {"method": opts.calibration, "samples": reader._done,
+                        "data": ctx.calibration.origin if ctx.calibration else None}}
+
+
+@builder(Precision.INT4)
+def _int4(conv: OnnxConverter, base: Base, out: Path, ctx: BuildContext) -> tuple[str, dict[str, Any]]:
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    opts: OnnxOptions = ctx.options
+    ops = ("MatMul", "Gather") if opts.quantize_embeddings else ("MatMul",)
+    quantizer = MatMulNBitsQuantizer(onnx.load(str(base.prepared)), bits=4,
+                                     block_size=opts.int4_block_size, is_symmetric=opts.int4_symmetric,
+                                     accuracy_level=opts.int4_accuracy_level,
+                                     nodes_to_exclude=list(opts.nodes_to_exclude),
+                                     op_types_to_quantize=ops)
+    quantizer.process()
+    quantizer.model.save_model_to_file(str(out), base.external)
+    return "onnxruntime MatMulNBitsQuantizer (4-bit weights, block-wise)", {
+        "block_size": opts.int4_block_size, "symmetric": opts.int4_symmetric, "op_types": list(ops)}

@@ -1,0 +1,165 @@
+"""Calibration and evaluation data: ``.npz`` keyed by input name, or text for HF text models.
+
+Arrays are stacked along the model's batch axis: ``calib["input_ids"]`` has shape ``(N, seq)``
+for an input of shape ``(batch, sequence)``. Text files hold one sample per line; JSONL files
+one object per line with a ``"text"`` field. An ``.npz`` for evaluation also holds ``labels``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
+
+import numpy as np
+
+from edgekit.errors import ArtifactError, CalibrationError
+
+if TYPE_CHECKING:
+    from edgekit.sources import ModelSource
+
+TEXT_SUFFIXES = (".txt", ".jsonl", ".json")
+LABEL_KEYS = ("labels", "label")
+
+
+@dataclass(frozen=True)
+class CalibrationSet:
+    """Samples stacked on axis 0, one array per model input."""
+
+    arrays: dict[str, np.ndarray]
+    origin: str
+
+    @property
+    def size(self) -> int:
+        return len(next(iter(self.arrays.values()))) if self.arrays else 0
+
+    def batches(self, batch_size: int = 1) -> Iterator[dict[str, np.ndarray]]:
+        for start in range(0, self.size, batch_size):
+            yield {k: v[start:start + batch_size] for k, v in self.arrays.items()}
+
+    def take(self, n: int) -> CalibrationSet:
+        return CalibrationSet({k: v[:n] for k, v in self.arrays.items()}, self.origin)
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """Labelled inputs for a task metric (accuracy) measured after each conversion."""
+
+    data: CalibrationSet
+    labels: np.ndarray
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError) as e:
+        raise CalibrationError(f"cannot read {path} as an .npz file: {e}",
+                               fix="save it with numpy.savez(path, input_name=array, ...)") from e
+
+
+def _read_texts(path: Path) -> list[str]:
+    texts: list[str] = []
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        if path.suffix in (".jsonl", ".json"):
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise CalibrationError(f"{path}:{i} is not valid JSON: {e}",
+                                       fix='write one object per line: {"text": "..."}') from e
+            text = obj.get("text") if isinstance(obj, dict) else obj
+            if not isinstance(text, str):
+                raise CalibrationError(f'{path}:{i} has no "text" string',
+                                       fix='write one object per line: {"text": "..."}')
+            texts.append(text)
+        else:
+            texts.append(line.strip())
+    if not texts:
+        raise CalibrationError(f"{path} holds no text samples", fix="add one sample per line")
+    return texts
+
+
+def validate(arrays: dict[str, np.ndarray], source: ModelSource, origin: str) -> CalibrationSet:
+    """Check names, ranks, fixed dims and dtypes against the source's example inputs."""
+    expected = source.input_names
+    missing = [n for n in expected if n not in arrays]
+    unknown = [n for n in arrays if n not in expected]
+    if missing or unknown:
+        parts = []
+        if missing:
+            parts.append(f"missing input(s) {missing}")
+        if unknown:
+            parts.append(f"unknown key(s) {unknown}")
+        raise CalibrationError(f"{origin}: " + " and ".join(parts),
+                               fix=f"key the arrays by the model's input names: {expected}")
+    out: dict[str, np.ndarray] = {}
+    sizes = set()
+    for name in expected:
+        arr, ex = np.asarray(arrays[name]), source.example_inputs[name]
+        dynamic = source.dynamic_axes.get(name, {})
+        want = ["N" if i == 0 else (dynamic[i] if i in dynamic else int(s))
+                for i, s in enumerate(ex.shape)]
+        bad_rank = arr.ndim != ex.ndim
+        bad_dim = not bad_rank and any(
+            i not in dynamic and i != 0 and arr.shape[i] != ex.shape[i] for i in range(ex.ndim))
+        if bad_rank or bad_dim:
+            raise CalibrationError(
+                f"{origin}: input {name!r} has shape {list(arr.shape)}, expected {want} "
+                "(samples stacked on axis 0)",
+                fix=f"reshape {name!r} to {want}")
+        if arr.dtype != ex.dtype:
+            if arr.dtype.kind != ex.dtype.kind and not (arr.dtype.kind in "iu" and ex.dtype.kind in "iu"):
+                raise CalibrationError(f"{origin}: input {name!r} is {arr.dtype}, the model takes {ex.dtype}",
+                                       fix=f"save {name!r} as {ex.dtype}")
+            arr = arr.astype(ex.dtype)
+        sizes.add(arr.shape[0])
+        out[name] = arr
+    if len(sizes) > 1:
+        raise CalibrationError(f"{origin}: inputs hold different sample counts {sorted(sizes)}",
+                               fix="stack the same number of samples for every input")
+    if 0 in sizes:
+        raise CalibrationError(f"{origin}: holds no samples", fix="add at least one sample")
+    return CalibrationSet(out, origin)
+
+
+def _check_exists(path: Path) -> None:
+    if not path.is_file():
+        raise ArtifactError(f"no such data file: {path}", fix="check the --calib / --eval path")
+
+
+def load_calibration(path: str | Path, source: ModelSource, *, limit: int | None = None
+                     ) -> CalibrationSet:
+    """Read ``path`` (.npz, or text/JSONL for a HF text model) as calibration samples."""
+    path = Path(path)
+    _check_exists(path)
+    if path.suffix in TEXT_SUFFIXES:
+        if source.tokenize is None:
+            raise CalibrationError(
+                f"{path.name} is text, but this model has no tokenizer to encode it",
+                fix="pass an .npz keyed by input name, or a Hugging Face text model with its tokenizer")
+        texts = _read_texts(path)[:limit] if limit else _read_texts(path)
+        arrays = source.tokenize(texts)
+    else:
+        arrays = {k: v for k, v in _read_npz(path).items() if k not in LABEL_KEYS}
+    cal = validate(arrays, source, path.name)
+    return cal.take(limit) if limit else cal
+
+
+def load_eval(path: str | Path, source: ModelSource) -> EvalSet:
+    """Read labelled evaluation data: an .npz with the inputs plus ``labels``."""
+    path = Path(path)
+    _check_exists(path)
+    raw = _read_npz(path)
+    key = next((k for k in LABEL_KEYS if k in raw), None)
+    if key is None:
+        raise CalibrationError(f"{path.name} has no 'labels' array",
+                               fix="save integer class labels under the key 'labels'")
+    labels = raw.pop(key)
+    data = validate(raw, source, path.name)
+    if len(labels) != data.size:
+        raise CalibrationError(f"{path.name}: {len(labels)} labels for {data.size} samples",
+                               fix="give one label per sample")
+    return EvalSet(data, labels.astype(np.int64))

@@ -1,0 +1,219 @@
+"""``edgekit.convert``: source -> export -> each precision -> verify -> manifest -> publish."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from edgekit.errors import CalibrationError, EdgekitError, VerificationError
+from edgekit.fsutil import publish, sha256_file, staging_dir, write_json_atomic
+from edgekit.manifest import Manifest, Verification, library_versions, manifest_path
+from edgekit.types import Format, Precision
+
+ProgressFn = Callable[[str, int, "int | None"], None]
+VERIFY_SAMPLES = 32  # calibration samples re-used for parity, on top of the example inputs
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One converted variant: where it is and how it measured up (or why it failed)."""
+
+    path: Path
+    format: Format
+    precision: Precision
+    status: str  # "ok" | "failed" | "diverged"
+    reason: str | None = None
+    size_bytes: int = 0
+    seconds: float = 0.0
+    verification: Verification | None = None
+    route: str = ""
+
+    @property
+    def manifest_path(self) -> Path:
+        return manifest_path(self.path)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": str(self.path), "format": self.format.value, "precision": self.precision.value,
+                "status": self.status, "reason": self.reason, "size_bytes": self.size_bytes,
+                "seconds": round(self.seconds, 3), "route": self.route,
+                "verification": self.verification.to_dict() if self.verification else None}
+
+
+def _default_precisions(has_calibration: bool) -> list[Precision]:
+    return [Precision.FP32, Precision.INT8 if has_calibration else Precision.INT8_DYNAMIC,
+            Precision.INT4]
+
+
+def _safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-.") or "model"
+
+
+def convert(
+    model: Any = None,
+    example_inputs: Any = None,
+    *,
+    targets: Sequence[str | Format] | str = ("onnx",),
+    precisions: Sequence[str | Precision] | str | None = None,
+    out: str | Path = "edgekit-out",
+    calib: str | Path | None = None,
+    eval_data: str | Path | None = None,
+    options: Mapping[str, Any] | None = None,
+    name: str | None = None,
+    input_names: Sequence[str] | None = None,
+    output_names: Sequence[str] | None = None,
+    dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
+    weights: str | Path | None = None,
+    seq_len: int | None = None,
+    keep_going: bool = False,
+    progress: ProgressFn | None = None,
+) -> list[Artifact]:
+    """Convert a model to each target format and precision, verifying every variant.
+
+    ``model`` is an ``nn.Module`` (with ``example_inputs``), a Hugging Face directory, a ``.pt2``
+    file, ``package.module:factory`` (with ``weights``) or ``builtin:NAME``; None means the
+    built-in default. ``options`` maps a format name to its converter options.
+
+    >>> arts = edgekit.convert(net, (x,), targets=["onnx"], precisions=["fp32", "int8-dynamic"])  # doctest: +SKIP
+    >>> arts[0].verification.passed  # doctest: +SKIP
+    True
+
+    Raises the first error unless ``keep_going`` (then failed variants are rows with a reason);
+    raises :class:`VerificationError` when an fp32 variant is out of tolerance.
+    """
+    from edgekit.calib import load_calibration, load_eval
+    from edgekit.converters import CONVERTERS, BuildContext
+    from edgekit.options import options_dict, parse_options
+    from edgekit.sources import resolve_source
+
+    formats = Format.parse_list(targets)
+    wanted = Precision.parse_list(precisions) if precisions is not None else None
+    converters = [CONVERTERS.get(f)() for f in formats]
+    for conv in converters:
+        conv.check(wanted or [Precision.FP32])
+    opts = {c.format: parse_options(c.Options, (options or {}).get(c.format.value)) for c in converters}
+
+    source = resolve_source(model, example_inputs, input_names=input_names, output_names=output_names,
+                            dynamic_axes=dynamic_axes, weights=weights, seq_len=seq_len)
+    calibration = load_calibration(calib, source) if calib is not None else source.calibration
+    evaluation = load_eval(eval_data, source) if eval_data is not None else source.evaluation
+    precisions_ = wanted or _default_precisions(calibration is not None)
+    for conv in converters:
+        needing = [p.value for p in precisions_ if conv.needs_calibration(p)]
+        if needing and calibration is None:
+            raise CalibrationError(f"{', '.join(needing)} on {conv.format.value} needs calibration data",
+                                   fix="pass --calib data.npz (or a text file for a HF text model), "
+                                   "or ask for int8-dynamic instead")
+
+    from edgekit.verify import Reference
+
+    feeds = [source.example_inputs]
+    if calibration is not None:
+        feeds += list(calibration.take(VERIFY_SAMPLES).batches(8))
+    reference = Reference.build(source, feeds, evaluation)
+    out_dir = Path(out)
+    base_name = _safe_name(name or source.name)
+    artifacts: list[Artifact] = []
+    with staging_dir(out_dir) as stage:
+        assets = _stage_assets(source, stage, base_name)
+        for conv in converters:
+            work = stage / f"work-{conv.format.value}"
+            work.mkdir()
+            ctx = BuildContext(source, opts[conv.format], work, calibration, progress)
+            t0 = time.perf_counter()
+            try:
+                base = conv.export(ctx)
+            except EdgekitError as e:
+                if not keep_going:
+                    raise
+                artifacts += [_failed(out_dir, base_name, conv, p, e) for p in precisions_]
+                continue
+            export_s = time.perf_counter() - t0
+            for i, precision in enumerate(precisions_):
+                if progress:
+                    progress(f"build {conv.format.value}", i, len(precisions_))
+                try:
+                    artifacts.append(_build_one(conv, base, precision, base_name, ctx, reference,
+                                                evaluation, out_dir, assets, export_s,
+                                                options_dict(opts[conv.format])))
+                except EdgekitError as e:
+                    if not keep_going:
+                        raise
+                    artifacts.append(_failed(out_dir, base_name, conv, precision, e))
+            if progress:
+                progress(f"build {conv.format.value}", len(precisions_), len(precisions_))
+            shutil.rmtree(work, ignore_errors=True)
+    diverged = [a for a in artifacts if a.status == "diverged"]
+    if diverged:
+        v = diverged[0].verification
+        worst = next(o for o in v.outputs if o.name == v.failed_output) if v else None
+        detail = (f"output {worst.name!r}: max abs error {worst.max_abs_err:.3g}, worst cosine "
+                  f"{worst.min_cosine:.6f}") if worst else ""
+        raise VerificationError(
+            f"{diverged[0].path.name} does not match the original model within fp32 tolerance ({detail})",
+            fix="the exporter changed the model's numerics: check for training-mode layers, "
+            "random ops or unsupported dtypes; the artifact and its report were kept for inspection",
+            artifacts=artifacts)
+    return artifacts
+
+
+def _failed(out_dir: Path, base_name: str, conv: Any, precision: Precision, e: EdgekitError) -> Artifact:
+    return Artifact(out_dir / f"{base_name}-{precision.value}{conv.suffix}", conv.format, precision,
+                    "failed", e.problem)
+
+
+def _stage_assets(source: Any, stage: Path, base_name: str) -> dict[str, Any]:
+    """Copy tokenizer/preprocessor files once per conversion into ``<name>.assets/``."""
+    if not source.assets:
+        return {}
+    folder = stage / f"{base_name}.assets"
+    folder.mkdir()
+    files = []
+    for f in source.assets:
+        shutil.copy2(f, folder / f.name)
+        files.append({"path": f"{folder.name}/{f.name}", "sha256": sha256_file(f), "bytes": f.stat().st_size})
+    return {"dir": folder, "files": files}
+
+
+def _build_one(conv: Any, base: Any, precision: Precision, base_name: str, ctx: Any,
+               reference: Any, evaluation: Any, out_dir: Path, assets: dict[str, Any],
+               export_s: float, options: dict[str, Any]) -> Artifact:
+    from edgekit.runtime import load
+    from edgekit.verify import compare
+
+    stem = f"{base_name}-{precision.value}"
+    t0 = time.perf_counter()
+    built = conv.build(base, precision, stem, ctx)
+    seconds = time.perf_counter() - t0
+    if ctx.progress:
+        ctx.progress(f"verify {stem}", 0, 1)
+    with load(built.model, device="cpu") as m:
+        verification = compare(reference, m.run, precision, evaluation, device="cpu")
+        signature = m.signature.with_examples(ctx.source.example_inputs)
+    size = sum(f.stat().st_size for f in built.files)
+    files = [{"path": f.name, "sha256": sha256_file(f), "bytes": f.stat().st_size} for f in built.files]
+    preprocess = dict(ctx.source.preprocess)
+    if assets:
+        preprocess["assets_dir"] = assets["dir"].name
+    manifest = Manifest(
+        artifact=built.model.name, format=conv.format, precision=precision, signature=signature,
+        task=ctx.source.task, files=files + assets.get("files", []), size_bytes=size,
+        source=ctx.source.describe(), options=options,
+        conversion={"route": built.route, "export_seconds": round(export_s, 3),
+                    "build_seconds": round(seconds, 3), **built.details},
+        versions=library_versions(*conv.distributions), verification=verification,
+        preprocess=preprocess)
+    mpath = manifest_path(built.model)
+    write_json_atomic(mpath, manifest.to_dict())
+    if assets and assets["dir"].exists():  # the first variant published moves them out of staging
+        publish([assets["dir"]], out_dir)
+    final = publish([*built.files, mpath], out_dir)
+    status = "ok" if verification.passed else ("diverged" if verification.gated else "ok")
+    return Artifact(final[-2], conv.format, precision, status, None if status == "ok" else
+                    f"output {verification.failed_output!r} out of tolerance", size, seconds,
+                    verification, built.route)

@@ -1,0 +1,217 @@
+"""The latency harness: the same statistics for every format, runtime and device.
+
+Warm-up calls, then a fixed run count or as many runs as fit in ``min_time`` (at least
+``MIN_RUNS``), each timed with ``perf_counter_ns``. Reported: load time, first inference,
+mean/std/min/p50/p90/p95/p99/max, throughput, peak RSS and artifact size. ``isolated=True``
+measures in a fresh subprocess: cold start is real and a crash becomes a failed row.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from edgekit.errors import EdgekitError
+
+if TYPE_CHECKING:
+    from edgekit.runtime import Model
+
+SCHEMA = "edgekit.bench/1"
+MIN_RUNS = 10
+ProgressFn = Callable[[str, int, "int | None"], None]
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Order statistics of per-call latencies, in milliseconds."""
+
+    runs: int
+    mean_ms: float
+    std_ms: float
+    min_ms: float
+    p50_ms: float
+    p90_ms: float
+    p95_ms: float
+    p99_ms: float
+    max_ms: float
+
+    @classmethod
+    def from_ns(cls, samples: Sequence[int]) -> LatencyStats:
+        ms = np.asarray(samples, dtype=np.float64) / 1e6
+        p50, p90, p95, p99 = np.percentile(ms, [50, 90, 95, 99])
+        return cls(len(ms), float(ms.mean()), float(ms.std(ddof=1)) if len(ms) > 1 else 0.0,
+                   float(ms.min()), float(p50), float(p90), float(p95), float(p99), float(ms.max()))
+
+
+@dataclass
+class BenchResult:
+    """One benchmark row; a failed or crashed artifact is a row too, with ``reason``."""
+
+    artifact: str
+    status: str = "ok"  # ok | failed | crashed | timeout
+    reason: str | None = None
+    format: str | None = None
+    precision: str | None = None
+    runtime: str | None = None
+    device: str | None = None
+    threads: int | None = None
+    batch: int = 1
+    mode: str = "in-process"  # or "isolated"
+    size_bytes: int | None = None
+    load_ms: float | None = None
+    first_ms: float | None = None
+    latency: LatencyStats | None = None
+    throughput: float | None = None  # items per second (batch / mean latency)
+    peak_rss_mb: float | None = None
+    inputs: dict[str, list[int]] = field(default_factory=dict)
+    schema: str = SCHEMA
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["latency"] = asdict(self.latency) if self.latency else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> BenchResult:
+        lat = d.get("latency")
+        return cls(**{**d, "latency": LatencyStats(**lat) if lat else None})
+
+    def row(self) -> dict[str, Any]:
+        """Flat view for tables and matrices: the latency fields inlined."""
+        d = self.to_dict()
+        lat = d.pop("latency") or {}
+        d.pop("inputs", None)
+        return {**d, **lat}
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MiB."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def time_calls(fn: Callable[[], Any], *, warmup: int = 10, runs: int | None = None,
+               min_time: float = 2.0, max_runs: int = 1_000_000,
+               progress: ProgressFn | None = None) -> tuple[int, list[int]]:
+    """Call ``fn`` ``warmup`` times (the first timed apart), then time ``runs`` calls, or as many
+    as fit in ``min_time`` seconds (at least ``MIN_RUNS``). Returns (first call ns, samples)."""
+    clock = time.perf_counter_ns
+    t = clock()
+    fn()
+    first = clock() - t
+    for _ in range(max(warmup - 1, 0)):
+        fn()
+    samples: list[int] = []
+    target = runs if runs is not None else max_runs
+    deadline = clock() + int(min_time * 1e9)
+    report_every = max(1, (runs or 50) // 50)
+    while len(samples) < target:
+        t = clock()
+        fn()
+        samples.append(clock() - t)
+        if runs is None and len(samples) >= MIN_RUNS and t >= deadline:
+            break
+        if progress is not None and len(samples) % report_every == 0:
+            progress("benchmark", len(samples), runs)
+    return first, samples
+
+
+def measure_model(model: Model, inputs: Mapping[str, Any] | None = None, *, warmup: int = 10,
+                  runs: int | None = None, min_time: float = 2.0, batch: int = 1,
+                  dims: Mapping[str, int] | None = None, load_ms: float | None = None,
+                  progress: ProgressFn | None = None) -> BenchResult:
+    """Benchmark an already-loaded model (in this process)."""
+    from edgekit.inputs import synthesize
+
+    feed = dict(inputs) if inputs is not None else synthesize(model.signature, batch=batch, dims=dims)
+    checked = model._check(feed)  # check once, so bad inputs fail before the clock starts
+    items = int(next(iter(checked.values())).shape[0]) if checked and next(iter(checked.values())).ndim else 1
+    first, samples = time_calls(lambda: model.run(checked), warmup=warmup, runs=runs,
+                                min_time=min_time, progress=progress)
+    stats = LatencyStats.from_ns(samples)
+    m = model.manifest
+    return BenchResult(
+        artifact=str(model.path), format=model.format.value,
+        precision=m.precision.value if m else None, runtime=model.name, device=model.device,
+        threads=model.threads, batch=items, size_bytes=model.size_bytes, load_ms=load_ms,
+        first_ms=first / 1e6, latency=stats, throughput=items * 1000.0 / stats.mean_ms,
+        peak_rss_mb=peak_rss_mb(), inputs={k: list(v.shape) for k, v in checked.items()})
+
+
+def benchmark(path: str | Path, *, device: str = "cpu", runtime: str | None = None,
+              threads: int | None = None, inputs: Mapping[str, Any] | str | Path | None = None,
+              batch: int = 1, dims: Mapping[str, int] | None = None, warmup: int = 10,
+              runs: int | None = None, min_time: float = 2.0, isolated: bool = False,
+              timeout: float = 600.0, progress: ProgressFn | None = None) -> BenchResult:
+    """Load and benchmark one artifact; never raises for a bad artifact, returns a failed row.
+
+    >>> r = edgekit.benchmark("out/digits-cnn-int8.onnx", isolated=True)  # doctest: +SKIP
+    >>> r.latency.p50_ms  # doctest: +SKIP
+    """
+    kwargs = dict(device=device, runtime=runtime, threads=threads, batch=batch, dims=dict(dims or {}),
+                  warmup=warmup, runs=runs, min_time=min_time)
+    if isolated:
+        return _isolated(path, inputs, kwargs, timeout)
+    from edgekit.runtime import load
+
+    try:
+        feed = _read_inputs(inputs)
+        t = time.perf_counter_ns()
+        model = load(path, device=device, runtime=runtime, threads=threads)
+        load_ms = (time.perf_counter_ns() - t) / 1e6
+        with model:
+            return measure_model(model, feed, warmup=warmup, runs=runs, min_time=min_time,
+                                 batch=batch, dims=dims, load_ms=load_ms, progress=progress)
+    except EdgekitError as e:
+        return BenchResult(artifact=str(path), status="failed", reason=e.problem, device=device,
+                           threads=threads, batch=batch)
+
+
+def _read_inputs(inputs: Mapping[str, Any] | str | Path | None) -> dict[str, Any] | None:
+    if inputs is None or isinstance(inputs, Mapping):
+        return dict(inputs) if inputs is not None else None
+    from edgekit.io import read_npz
+
+    return read_npz(Path(inputs))
+
+
+def _isolated(path: str | Path, inputs: Any, kwargs: dict[str, Any], timeout: float) -> BenchResult:
+    """Run :func:`benchmark` in a fresh interpreter; a signal or timeout becomes a row."""
+    with tempfile.TemporaryDirectory(prefix="edgekit-bench-") as tmp:
+        if isinstance(inputs, Mapping):
+            np.savez(Path(tmp) / "inputs.npz", **{k: np.asarray(v) for k, v in inputs.items()})
+            inputs = Path(tmp) / "inputs.npz"
+        job = {"path": str(path), "inputs": str(inputs) if inputs is not None else None, **kwargs}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        try:
+            proc = subprocess.run([sys.executable, "-m", "edgekit._bench_worker"], input=json.dumps(job),
+                                  capture_output=True, text=True, timeout=timeout, env=env)
+        except subprocess.TimeoutExpired:
+            return BenchResult(artifact=str(path), status="timeout", mode="isolated",
+                               reason=f"no result within {timeout:.0f} s")
+    if proc.returncode < 0:
+        name = signal.Signals(-proc.returncode).name
+        tail = proc.stderr.strip().splitlines()[-1:] if proc.stderr.strip() else []
+        return BenchResult(artifact=str(path), status="crashed", mode="isolated",
+                           reason=f"the runtime killed the process with {name}" +
+                           (f": {tail[0]}" if tail else ""))
+    lines = [ln for ln in proc.stdout.strip().splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return BenchResult(artifact=str(path), status="failed", mode="isolated",
+                           reason=f"benchmark process exited with {proc.returncode}: {tail}")
+    result = BenchResult.from_dict(json.loads(lines[-1]))
+    result.mode = "isolated"
+    return result

@@ -1,0 +1,37 @@
+"""Reading and writing user data files (``.npz``) with errors that say what to do."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.errors import ArtifactError, InputError
+
+
+def read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Arrays of an ``.npz`` by key; never unpickles objects."""
+    if not path.is_file():
+        raise ArtifactError(f"no such input file: {path}", fix="check the --input path")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError) as e:
+        raise InputError(f"cannot read {path} as an .npz file: {e}",
+                         fix="save inputs with numpy.savez(path, input_name=array, ...)") from e
+
+
+def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write arrays atomically (temp file in the same directory, then rename)."""
+    import os
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
+    os.close(fd)
+    try:
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

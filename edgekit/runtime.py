@@ -1,0 +1,224 @@
+"""The one runtime API: ``edgekit.load(path)`` returns a :class:`Model` whatever the format.
+
+Each backend in ``edgekit.runtimes`` subclasses :class:`Model`, implements ``_open``/``_run``
+and registers itself; callers never see the differences.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping
+
+import numpy as np
+
+from edgekit.errors import ArtifactError, ConfigError, DeviceUnavailableError, MissingDependencyError
+from edgekit.inputs import InputChecker
+from edgekit.manifest import SUFFIX, Manifest, read_manifest
+from edgekit.types import Device, Format, Signature
+
+if TYPE_CHECKING:
+    from edgekit.harness import BenchResult, ProgressFn
+
+# file suffix -> format, for artifacts that have no manifest beside them
+SUFFIXES: dict[str, Format] = {".onnx": Format.ONNX, ".xml": Format.OPENVINO,
+                               ".tflite": Format.TFLITE, ".gguf": Format.GGUF}
+
+
+@dataclass(frozen=True)
+class ArtifactRef:
+    """A model file on disk, its format and its manifest (if any)."""
+
+    path: Path
+    format: Format
+    manifest: Manifest | None
+
+    @property
+    def size_bytes(self) -> int:
+        if self.manifest and self.manifest.size_bytes:
+            return self.manifest.size_bytes
+        files = self.path.parent.glob(self.path.name + "*")
+        return sum(p.stat().st_size for p in files if p.is_file() and not p.name.endswith(SUFFIX))
+
+
+def resolve_artifact(path: str | Path) -> ArtifactRef:
+    """Find the model file, format and manifest for a model file, a manifest or a directory."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise ArtifactError(f"no such file or directory: {p}", fix="check the path to the artifact")
+    if p.is_dir():
+        manifests = sorted(p.glob("*" + SUFFIX))
+        if len(manifests) != 1:
+            found = ", ".join(m.name for m in manifests) or "none"
+            raise ArtifactError(f"{p} is a directory holding {len(manifests)} edgekit artifacts ({found})",
+                                fix="pass the model file itself, e.g. out/model-fp32.onnx")
+        p = manifests[0]
+    if p.name.endswith(SUFFIX):
+        data = Manifest.from_dict(json.loads(p.read_text()))
+        p = p.with_name(data.artifact)
+        if not p.exists():
+            raise ArtifactError(f"the manifest names {p.name}, which is missing",
+                                fix="copy the model file next to its manifest")
+    manifest = read_manifest(p)
+    fmt = manifest.format if manifest else SUFFIXES.get(p.suffix.lower())
+    if fmt is None:
+        raise ArtifactError(f"{p.name}: unknown model file type {p.suffix!r}",
+                            fix=f"edgekit loads: {', '.join(SUFFIXES)}")
+    if p.stat().st_size == 0:
+        raise ArtifactError(f"{p} is empty", fix="re-run the conversion or copy the file again")
+    return ArtifactRef(p, fmt, manifest)
+
+
+class Model(ABC):
+    """A loaded artifact: ``signature``, ``run``/``__call__``, ``benchmark``, ``close``.
+
+    >>> with edgekit.load("out/digits-cnn-int8.onnx") as m:  # doctest: +SKIP
+    ...     logits = m.run({"pixels": x})["logits"]
+    """
+
+    name: ClassVar[str]  # registry key, e.g. "onnxruntime"
+    formats: ClassVar[tuple[Format, ...]]
+    module: ClassVar[str]  # the Python module this backend needs
+    extra: ClassVar[str]  # the pip extra that installs it
+
+    def __init__(self, ref: ArtifactRef, *, device: str = "cpu", threads: int | None = None,
+                 **options: Any) -> None:
+        self.path = ref.path
+        self.format = ref.format
+        self.manifest = ref.manifest
+        self.size_bytes = ref.size_bytes
+        self.device = device
+        self.threads = threads
+        self.options = options
+        self._closed = False
+        native = self._open()
+        self._signature = _merge_signature(native, self.manifest)
+        self._check = InputChecker(self._signature)
+
+    # -- what a backend implements -------------------------------------------------------
+    @classmethod
+    @abstractmethod
+    def devices(cls) -> dict[Device, list[str]]:
+        """Devices usable here, each with the backend's own names for it."""
+
+    @classmethod
+    def version(cls) -> str | None:
+        from edgekit.deps import version
+
+        return version(cls.module)
+
+    @abstractmethod
+    def _open(self) -> Signature:
+        """Load the artifact for ``self.device``; return the signature the runtime sees."""
+
+    @abstractmethod
+    def _run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run checked inputs; return outputs by name."""
+
+    def _close(self) -> None:
+        """Release native resources."""
+
+    def describe(self) -> dict[str, Any]:
+        """What the runtime is using: backend names, threads."""
+        return {"runtime": self.name, "device": self.device, "threads": self.threads}
+
+    # -- the shared surface ----------------------------------------------------------------
+    @property
+    def signature(self) -> Signature:
+        return self._signature
+
+    def run(self, inputs: Mapping[str, Any] | None = None, /, **named: Any) -> dict[str, np.ndarray]:
+        """Run the model on a dict of arrays (or keyword arrays); returns a dict of arrays."""
+        if self._closed:
+            raise ConfigError(f"{self.path.name} was closed", fix="load it again with edgekit.load()")
+        feed = dict(inputs) if inputs is not None else {}
+        feed.update(named)
+        return self._run(self._check(feed))
+
+    __call__ = run
+
+    def benchmark(self, inputs: Mapping[str, Any] | None = None, *, warmup: int = 10,
+                  runs: int | None = None, min_time: float = 2.0, batch: int = 1,
+                  dims: Mapping[str, int] | None = None,
+                  progress: ProgressFn | None = None) -> BenchResult:
+        """Latency statistics of ``run`` on ``inputs`` (synthesized from the signature if None)."""
+        from edgekit.harness import measure_model
+
+        return measure_model(self, inputs, warmup=warmup, runs=runs, min_time=min_time,
+                             batch=batch, dims=dims, progress=progress)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._close()
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.path.name} on {self.device}>"
+
+    # -- helpers for backends --------------------------------------------------------------
+    def _unavailable(self, wanted: str) -> DeviceUnavailableError:
+        have = {d.value: names for d, names in self.devices().items()}
+        listing = "; ".join(f"{d} ({', '.join(n)})" for d, n in have.items()) or "none"
+        return DeviceUnavailableError(f"device {wanted!r} is not available to {self.name} here",
+                                      fix=f"available devices: {listing}")
+
+
+def _merge_signature(native: Signature, manifest: Manifest | None) -> Signature:
+    """The runtime's signature, enriched with the manifest's example shapes and value ranges."""
+    if manifest is None:
+        return native
+    recorded = {s.name: s for s in manifest.signature.inputs}
+    inputs = []
+    for spec in native.inputs:
+        rec = recorded.get(spec.name)
+        inputs.append(type(spec)(spec.name, spec.dtype, spec.shape,
+                                 rec.example_shape if rec else None, rec.value_range if rec else None))
+    return Signature(tuple(inputs), native.outputs)
+
+
+def runtime_for(fmt: Format, runtime: str | None = None) -> type[Model]:
+    """The runtime class for ``fmt``: the named one, or the first installed one that runs it."""
+    from edgekit.runtimes import RUNTIMES
+
+    if runtime is not None:
+        cls = RUNTIMES.get(runtime)
+        if fmt not in cls.formats:
+            raise ConfigError(f"runtime {runtime!r} does not run {fmt.value} artifacts",
+                              fix=f"it runs: {', '.join(f.value for f in cls.formats)}")
+        candidates = [cls]
+    else:
+        candidates = [cls for _, cls in RUNTIMES.items() if fmt in cls.formats]
+    if not candidates:
+        raise ConfigError(f"no runtime is registered for {fmt.value} artifacts",
+                          fix="install a plugin that registers one")
+    from edgekit.deps import available
+
+    for cls in candidates:
+        if available(cls.module):
+            return cls
+    first = candidates[0]
+    raise MissingDependencyError(
+        f"running {fmt.value} artifacts needs {first.module!r}, which is not installed",
+        fix=f"pip install 'edgekit[{first.extra}]'")
+
+
+def load(path: str | Path, device: str = "cpu", *, runtime: str | None = None,
+         threads: int | None = None, **options: Any) -> Model:
+    """Load an artifact for inference on ``device`` (cpu, gpu, npu, auto).
+
+    >>> m = edgekit.load("out/digits-cnn-fp32.onnx", device="cpu", threads=2)  # doctest: +SKIP
+    >>> m.run({"pixels": x})["logits"].shape  # doctest: +SKIP
+    """
+    ref = resolve_artifact(path)
+    cls = runtime_for(ref.format, runtime)
+    if threads is not None and threads < 1:
+        raise ConfigError(f"threads must be at least 1, got {threads}", fix="pass threads=1 or more")
+    return cls(ref, device=device, threads=threads, **options)

@@ -1,0 +1,124 @@
+"""Model sources: everything edgekit converts starts as a :class:`ModelSource`.
+
+``resolve_source`` accepts an ``nn.Module`` (with example inputs), a Hugging Face model
+directory, a ``torch.export`` ``.pt2`` file, ``package.module:factory`` (with a weights file),
+or ``builtin:NAME``. Weights are only read through safetensors or ``weights_only`` loading.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from edgekit.errors import ArtifactError, SourceError
+
+if TYPE_CHECKING:
+    import torch
+
+    from edgekit.calib import CalibrationSet, EvalSet
+
+TokenizeFn = Callable[[Sequence[str]], dict[str, np.ndarray]]
+
+
+@dataclass
+class ModelSource:
+    """A PyTorch model ready to export: positional inputs in ``input_names`` order, tuple outputs."""
+
+    module: torch.nn.Module
+    example_inputs: dict[str, np.ndarray]
+    input_names: list[str]
+    output_names: list[str]
+    dynamic_axes: dict[str, dict[int, str]]
+    name: str
+    kind: str
+    task: str | None = None
+    location: str | None = None
+    weights: list[dict[str, Any]] = field(default_factory=list)
+    assets: list[Path] = field(default_factory=list)
+    preprocess: dict[str, Any] = field(default_factory=dict)
+    tokenize: TokenizeFn | None = None
+    calibration: CalibrationSet | None = None
+    evaluation: EvalSet | None = None
+    exported_program: Any = None  # a torch.export.ExportedProgram when the source was a .pt2
+
+    def reference(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Outputs of the original PyTorch model on ``feed`` (numpy in, numpy out)."""
+        import torch
+
+        args = [torch.from_numpy(np.ascontiguousarray(feed[n])) for n in self.input_names]
+        with torch.inference_mode():
+            outs = self.module(*args)
+        return {n: o.detach().float().numpy() if o.is_floating_point() else o.numpy()
+                for n, o in zip(self.output_names, outs)}
+
+    def describe(self) -> dict[str, Any]:
+        """Provenance for the manifest."""
+        return {"kind": self.kind, "name": self.name, "location": self.location,
+                "weights": self.weights, "task": self.task}
+
+
+def resolve_source(
+    model: Any = None,
+    example_inputs: Any = None,
+    *,
+    input_names: Sequence[str] | None = None,
+    output_names: Sequence[str] | None = None,
+    dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
+    weights: str | Path | None = None,
+    seq_len: int | None = None,
+) -> ModelSource:
+    """Build a :class:`ModelSource` from any supported kind of model reference.
+
+    >>> src = resolve_source("builtin:digits-cnn")  # doctest: +SKIP
+    """
+    if isinstance(model, ModelSource):
+        return model
+    if model is None:
+        model = "builtin:" + _default_builtin()
+    if not isinstance(model, (str, Path)):
+        from edgekit.sources.module import from_module
+
+        return from_module(model, example_inputs, input_names=input_names,
+                           output_names=output_names, dynamic_axes=dynamic_axes)
+    text = str(model)
+    if text.startswith("builtin:"):
+        from edgekit.sources.builtin import from_builtin
+
+        return from_builtin(text.split(":", 1)[1])
+    path = Path(text).expanduser()
+    if path.is_dir():
+        from edgekit.sources.huggingface import from_hf_dir
+
+        return from_hf_dir(path, seq_len=seq_len)
+    if path.suffix == ".pt2":
+        if not path.is_file():
+            raise ArtifactError(f"no such file: {path}", fix="check the path to the .pt2 file")
+        from edgekit.sources.pt2 import from_pt2
+
+        return from_pt2(path)
+    if ":" in text and not path.exists() and "/" not in text.split(":", 1)[0]:
+        from edgekit.sources.factory import from_factory
+
+        return from_factory(text, weights=weights, example_inputs=example_inputs,
+                            input_names=input_names, output_names=output_names,
+                            dynamic_axes=dynamic_axes)
+    if not path.exists():
+        raise ArtifactError(
+            f"no such model source: {text}",
+            fix="pass a Hugging Face model directory, a .pt2 file, package.module:factory, "
+            "or builtin:digits-cnn",
+        )
+    raise SourceError(
+        f"cannot tell what kind of model {text} is",
+        fix="pass a Hugging Face model directory (config.json + safetensors), a torch.export "
+        ".pt2 file, or package.module:factory with --weights",
+    )
+
+
+def _default_builtin() -> str:
+    from edgekit.sources.builtin import DEFAULT
+
+    return DEFAULT

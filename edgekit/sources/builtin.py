@@ -1,0 +1,69 @@
+"""Built-in models that need no files: the default for ``edgekit convert`` with no arguments.
+
+``digits-cnn`` is a small CNN trained on the spot (a few seconds) on scikit-learn's 8x8 digits,
+with the training split as calibration data and the test split as labelled evaluation data.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from edgekit.errors import ConfigError
+from edgekit.sources import ModelSource
+
+DEFAULT = "digits-cnn"
+
+
+def _digits_cnn() -> ModelSource:
+    import torch
+    from torch import nn
+
+    from edgekit.calib import CalibrationSet, EvalSet
+    from edgekit.deps import require
+    from edgekit.sources.module import from_module
+
+    datasets = require("sklearn.datasets", "convert", "the built-in digits model")
+    digits = datasets.load_digits()
+    x = (digits.images / 16.0).astype(np.float32)[:, None]  # (1797, 1, 8, 8)
+    y = digits.target.astype(np.int64)
+    order = np.random.default_rng(0).permutation(len(x))
+    train, test = order[:1400], order[1400:]
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(64 * 4 * 4, 128), nn.ReLU(), nn.Linear(128, 10),
+    )
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    xt, yt = torch.from_numpy(x[train]), torch.from_numpy(y[train])
+    model.train()
+    for _ in range(12):
+        for idx in torch.randperm(len(xt)).split(64):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(xt[idx]), yt[idx]).backward()
+            opt.step()
+    model.eval()
+    example = x[test[:2]]
+    return from_module(
+        model, (example,), input_names=["pixels"], output_names=["logits"], name="digits-cnn",
+        kind="builtin",
+        task="image-classification", location="builtin:digits-cnn",
+        preprocess={"id2label": {str(i): str(i) for i in range(10)},
+                    "input_scale": "pixel / 16, shape (N, 1, 8, 8)"},
+        calibration=CalibrationSet({"pixels": x[train[:256]]}, "sklearn digits, train split"),
+        evaluation=EvalSet(CalibrationSet({"pixels": x[test]}, "sklearn digits, test split"),
+                           y[test]),
+    )
+
+
+BUILTINS: dict[str, Callable[[], ModelSource]] = {"digits-cnn": _digits_cnn}
+
+
+def from_builtin(name: str) -> ModelSource:
+    try:
+        return BUILTINS[name]()
+    except KeyError:
+        raise ConfigError(f"no built-in model {name!r}",
+                          fix=f"use one of: {', '.join('builtin:' + n for n in BUILTINS)}") from None

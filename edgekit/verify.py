@@ -1,0 +1,98 @@
+"""Parity of a converted artifact against the original PyTorch model.
+
+Per output: max/mean absolute error, cosine similarity per sample (mean and worst), and top-1
+agreement for logits. With labelled data, the task metric (accuracy) and its delta.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Mapping
+
+import numpy as np
+
+from edgekit.manifest import OutputParity, Verification
+from edgekit.types import Precision
+
+if TYPE_CHECKING:
+    from edgekit.calib import EvalSet
+    from edgekit.sources import ModelSource
+
+Feed = dict[str, np.ndarray]
+RunFn = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
+
+# precision -> tolerance; only gated precisions fail a conversion, the others report figures
+TOLERANCES: dict[Precision, dict[str, float]] = {
+    Precision.FP32: {"atol": 1e-4, "rtol": 1e-3, "min_cosine": 0.9999},
+}
+CLASSIFICATION_TASKS = {"text-classification", "image-classification", "token-classification",
+                        "text-generation", "fill-mask"}
+
+
+@dataclass(frozen=True)
+class Reference:
+    """Inputs and the original model's outputs on them, computed once per conversion."""
+
+    feeds: list[Feed]
+    outputs: list[dict[str, np.ndarray]]
+    top1_outputs: frozenset[str]
+    eval_accuracy: float | None = None
+
+    @classmethod
+    def build(cls, source: ModelSource, feeds: list[Feed],
+              evaluation: EvalSet | None = None) -> Reference:
+        outs = [source.reference(f) for f in feeds]
+        top1 = frozenset(n for n in source.output_names
+                         if n == "logits" or source.task in CLASSIFICATION_TASKS)
+        acc = accuracy(source.reference, evaluation, source.output_names[0]) if evaluation else None
+        return cls(feeds, outs, top1, acc)
+
+
+def accuracy(run: RunFn, evaluation: EvalSet, output: str, batch: int = 64) -> float:
+    """Top-1 accuracy of ``run`` on labelled data."""
+    preds = [np.asarray(run(b)[output]).reshape(len(next(iter(b.values()))), -1).argmax(-1)
+             for b in evaluation.data.batches(batch)]
+    return float((np.concatenate(preds) == evaluation.labels).mean())
+
+
+def _rows(a: np.ndarray) -> np.ndarray:
+    a = np.asarray(a, dtype=np.float64)
+    return a.reshape(a.shape[0], -1) if a.ndim > 1 else a.reshape(1, -1)
+
+
+def compare(ref: Reference, run: RunFn, precision: Precision, evaluation: EvalSet | None = None,
+            device: str = "cpu") -> Verification:
+    """Run every reference feed through ``run`` and compare outputs with the original's."""
+    got = [run(f) for f in ref.feeds]
+    parity = []
+    tol = TOLERANCES.get(precision)
+    failed: str | None = None
+    for name in ref.outputs[0]:
+        exp_rows = np.concatenate([_rows(o[name]) for o in ref.outputs])
+        got_rows = np.concatenate([_rows(g[name]) for g in got])
+        err = np.abs(exp_rows - got_rows)
+        num = (exp_rows * got_rows).sum(1)
+        den = np.linalg.norm(exp_rows, axis=1) * np.linalg.norm(got_rows, axis=1)
+        cos = np.where(den > 0, num / np.maximum(den, 1e-30), 1.0)
+        top1 = None
+        if name in ref.top1_outputs:
+            e = np.concatenate([np.asarray(o[name]).argmax(-1).ravel() for o in ref.outputs])
+            g = np.concatenate([np.asarray(x[name]).argmax(-1).ravel() for x in got])
+            top1 = float((e == g).mean())
+        p = OutputParity(name, float(err.max()), float(err.mean()), float(cos.mean()),
+                         float(cos.min()), top1)
+        parity.append(p)
+        if tol and failed is None:
+            limit = tol["atol"] + tol["rtol"] * float(np.abs(exp_rows).max())
+            if p.max_abs_err > limit or p.min_cosine < tol["min_cosine"]:
+                failed = name
+    metric = None
+    if evaluation is not None and ref.eval_accuracy is not None:
+        value = accuracy(run, evaluation, next(iter(ref.outputs[0])))
+        metric = {"name": "accuracy", "value": value, "reference": ref.eval_accuracy,
+                  "delta": value - ref.eval_accuracy, "samples": int(len(evaluation.labels)),
+                  "data": evaluation.data.origin}
+    return Verification(
+        samples=sum(len(next(iter(f.values()))) for f in ref.feeds),
+        outputs=tuple(parity), passed=failed is None, gated=tol is not None,
+        tolerance=dict(tol or {}), failed_output=failed, device=device, metric=metric)
