@@ -97,7 +97,21 @@ def wrap(module: Any, input_names: Sequence[str], *, call_by_name: bool,
                 out = self.inner(*args)
             return _flatten_outputs(out, output_keys)
 
-    return Wrapped().eval()
+    wrapped = Wrapped()
+    wrapped.training = False  # not .eval(): it recurses into ``module``, see _to_eval
+    return wrapped
+
+
+def _to_eval(module: Any) -> None:
+    """Put ``module`` in inference mode.
+
+    ``ExportedProgram.module()`` (a ``.pt2`` source) refuses ``eval()``/``train()`` with
+    NotImplementedError: its training mode was fixed when it was exported, so there is nothing to do.
+    """
+    try:
+        module.eval()
+    except NotImplementedError:
+        pass
 
 
 def from_module(
@@ -118,7 +132,7 @@ def from_module(
     if not isinstance(module, torch.nn.Module):
         raise SourceError(f"expected a torch.nn.Module, got {type(module).__name__}",
                           fix="pass an nn.Module, a model directory, a .pt2 file or module:factory")
-    module.eval()
+    _to_eval(module)
     examples = normalize_examples(module, example_inputs, input_names)
     names = list(examples)
     call_by_name = isinstance(example_inputs, Mapping)

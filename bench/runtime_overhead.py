@@ -1,0 +1,248 @@
+"""Per-call overhead of ``edgekit.load(path).run(feed)`` over a bare ``onnxruntime.InferenceSession``.
+
+Two small models are built here with torch and converted with ``edgekit.convert`` (fp32 ONNX):
+
+* ``cnn-1ms``  a 3-block CNN on a 96x96 image, ~1 ms per call at batch 1 on a 2-core CPU
+* ``mlp-50us`` a 3-layer 512-wide MLP, ~50 us per call at batch 1
+
+For each, the same ``.onnx`` file is opened twice in this process: once through
+``edgekit.load(path, threads=T)`` and once as a bare ``onnxruntime.InferenceSession`` with the same
+session options edgekit uses (``intra_op_num_threads=T``, ``inter_op_num_threads=1``, all graph
+optimizations, CPU provider). After a warm-up, calls are interleaved pair by pair in ABBA order
+(edgekit, bare, bare, edgekit, ...) so that machine noise hits both sides alike; every call is
+timed on its own with ``time.perf_counter_ns``.
+
+Reported per model: p50 of each side, the ratio edgekit/bare, the absolute p50 overhead
+(p50 edgekit - p50 bare) and the median of the per-pair differences, against the targets
+(overhead <= 5 % of the call on the ~1 ms model, <= 15 us on the ~50 us model). A diagnostic
+row times edgekit's pure Python wrapper cost by running ``Model.run`` over a stub session
+that returns precomputed outputs.
+
+    .venv/bin/python bench/runtime_overhead.py              # table, JSON saved in bench/results/
+    .venv/bin/python bench/runtime_overhead.py --json -     # also print the JSON
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+TARGETS = {"cnn-1ms": ("pct", 5.0), "mlp-50us": ("us", 15.0)}
+
+
+def build_models() -> dict[str, tuple[Any, Any]]:
+    """name -> (nn.Module in eval mode, example input tensor of batch 1)."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    cnn = nn.Sequential(
+        nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(128 * 12 * 12, 10),
+    ).eval()
+    mlp = nn.Sequential(
+        nn.Linear(256, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(),
+        nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 16),
+    ).eval()
+    return {"cnn-1ms": (cnn, torch.randn(1, 3, 96, 96)), "mlp-50us": (mlp, torch.randn(1, 256))}
+
+
+def bare_session(path: Path, threads: int) -> Any:
+    """An InferenceSession with the same options edgekit's ONNX Runtime backend sets."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+
+
+def interleave(a: Callable[[], Any], b: Callable[[], Any], *, warmup: int, seconds: float,
+               min_pairs: int, max_pairs: int) -> tuple[np.ndarray, np.ndarray]:
+    """Time ``a`` and ``b`` call by call in ABBA order; returns (a ns, b ns) per pair."""
+    clock = time.perf_counter_ns
+    for _ in range(warmup):
+        a()
+        b()
+    ta = np.empty(max_pairs, dtype=np.int64)
+    tb = np.empty(max_pairs, dtype=np.int64)
+    deadline = clock() + int(seconds * 1e9)
+    n = 0
+    while n < max_pairs:
+        if n % 2 == 0:
+            t0 = clock(); a(); t1 = clock(); b(); t2 = clock()  # noqa: E702
+            ta[n], tb[n] = t1 - t0, t2 - t1
+        else:
+            t0 = clock(); b(); t1 = clock(); a(); t2 = clock()  # noqa: E702
+            tb[n], ta[n] = t1 - t0, t2 - t1
+        n += 1
+        if n >= min_pairs and t2 >= deadline:
+            break
+    return ta[:n], tb[:n]
+
+
+def p50_us(ns: np.ndarray) -> float:
+    return float(np.median(ns)) / 1e3
+
+
+def stub_overhead_us(model: Any, feed: dict[str, np.ndarray], outputs: list[np.ndarray],
+                     calls: int = 20000) -> float:
+    """p50 of ``Model.run`` when the ONNX Runtime session returns instantly: edgekit's own cost."""
+
+    class Stub:
+        def run(self, names: Any, f: Any) -> list[np.ndarray]:
+            return outputs
+
+    real = model._session
+    model._session = Stub()
+    try:
+        clock = time.perf_counter_ns
+        for _ in range(1000):
+            model.run(feed)
+        ts = np.empty(calls, dtype=np.int64)
+        for i in range(calls):
+            t0 = clock()
+            model.run(feed)
+            ts[i] = clock() - t0
+        # the same stub called bare, to subtract the timer + call floor
+        stub = model._session
+        bare = np.empty(calls, dtype=np.int64)
+        for i in range(calls):
+            t0 = clock()
+            stub.run(None, feed)
+            bare[i] = clock() - t0
+    finally:
+        model._session = real
+    return p50_us(ts) - p50_us(bare)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--threads", type=int, default=2, help="intra-op threads on both sides (default 2)")
+    ap.add_argument("--warmup", type=int, default=300, help="warm-up pairs per model (default 300)")
+    ap.add_argument("--seconds", type=float, default=20.0,
+                    help="measuring time per model, seconds (default 20)")
+    ap.add_argument("--min-pairs", type=int, default=2000, help="at least this many A/B pairs (default 2000)")
+    ap.add_argument("--max-pairs", type=int, default=40000, help="at most this many A/B pairs (default 40000)")
+    ap.add_argument("--models", default="cnn-1ms,mlp-50us", help="comma-separated subset of cnn-1ms,mlp-50us")
+    ap.add_argument("--out", type=Path, default=HERE / "results",
+                    help="where runtime_overhead.json is written (default bench/results/)")
+    ap.add_argument("--json", metavar="PATH", help="also write the JSON here ('-' for stdout)")
+    args = ap.parse_args(argv)
+
+    warnings.simplefilter("ignore")
+    import onnxruntime as ort
+    import torch
+
+    import edgekit
+
+    models = build_models()
+    wanted = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = sorted(set(wanted) - set(models))
+    if unknown:
+        ap.error(f"unknown model(s) {unknown}; choose from {sorted(models)}")
+    load_before = os.getloadavg()
+    rows: list[dict[str, Any]] = []
+    t_start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="edgekit-overhead-") as tmp:
+        for name in wanted:
+            module, x = models[name]
+            t0 = time.perf_counter()
+            arts = edgekit.convert(module, (x,), targets=["onnx"], precisions=["fp32"],
+                                   out=Path(tmp) / name, name=name, input_names=["x"])
+            convert_s = time.perf_counter() - t0
+            art = arts[0]
+            feed = {"x": x.numpy()}
+            ek = edgekit.load(art.path, threads=args.threads)
+            bare = bare_session(art.path, args.threads)
+            out_ek = ek.run(feed)
+            out_bare = bare.run(None, feed)
+            max_diff = max(float(np.abs(a - b).max()) for a, b in zip(out_ek.values(), out_bare))
+
+            ta, tb = interleave(lambda: ek.run(feed), lambda: bare.run(None, feed),  # noqa: B023
+                                warmup=args.warmup, seconds=args.seconds,
+                                min_pairs=args.min_pairs, max_pairs=args.max_pairs)
+            a50, b50 = p50_us(ta), p50_us(tb)
+            overhead = a50 - b50
+            pct = 100.0 * overhead / b50
+            paired = float(np.median(ta - tb)) / 1e3
+            stub_us = stub_overhead_us(ek, feed, out_bare)
+            kind, limit = TARGETS[name]
+            met = (pct <= limit) if kind == "pct" else (overhead <= limit)
+            rows.append({
+                "model": name, "params": int(sum(p.numel() for p in module.parameters())),
+                "input_shape": list(x.shape), "onnx_bytes": art.size_bytes, "convert_s": round(convert_s, 1),
+                "pairs": int(len(ta)), "threads": args.threads,
+                "p50_edgekit_us": round(a50, 2), "p50_bare_us": round(b50, 2),
+                "p90_edgekit_us": round(float(np.percentile(ta, 90)) / 1e3, 2),
+                "p90_bare_us": round(float(np.percentile(tb, 90)) / 1e3, 2),
+                "ratio": round(a50 / b50, 4), "overhead_us": round(overhead, 2),
+                "overhead_pct": round(pct, 2), "paired_median_diff_us": round(paired, 2),
+                "edgekit_python_cost_us": round(stub_us, 2),
+                "target": f"<= {limit:g} {'%' if kind == 'pct' else 'us'}", "target_met": bool(met),
+                "max_abs_output_diff": max_diff,
+            })
+            ek.close()
+    load_after = os.getloadavg()
+
+    env = {
+        "python": sys.version.split()[0], "platform": platform.platform(),
+        "cpu": _cpu_model(), "cpus": os.cpu_count(), "onnxruntime": ort.__version__,
+        "torch": torch.__version__, "numpy": np.__version__, "edgekit": edgekit.__version__,
+        "loadavg_before": [round(v, 2) for v in load_before], "loadavg_after": [round(v, 2) for v in load_after],
+        "wall_s": round(time.perf_counter() - t_start, 1),
+    }
+    result = {"benchmark": "runtime_overhead", "method": "interleaved ABBA pairs, per-call perf_counter_ns",
+              "env": env, "rows": rows}
+    print(table(rows))
+    print(f"\n{env['cpu']} x{env['cpus']}, onnxruntime {env['onnxruntime']}, torch {env['torch']}, "
+          f"threads {args.threads}, load avg {env['loadavg_before'][0]} -> {env['loadavg_after'][0]}, "
+          f"{env['wall_s']} s")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "runtime_overhead.json").write_text(json.dumps(result, indent=2) + "\n")
+    if args.json == "-":
+        print(json.dumps(result, indent=2))
+    elif args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    head = ("| model | pairs | p50 bare ORT (us) | p50 edgekit (us) | ratio | p50 overhead (us) | "
+            "overhead % | paired median diff (us) | edgekit Python cost (us) | target | met |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['pairs']} | {r['p50_bare_us']:.1f} | {r['p50_edgekit_us']:.1f} | "
+                     f"{r['ratio']:.3f} | {r['overhead_us']:.1f} | {r['overhead_pct']:.1f} % | "
+                     f"{r['paired_median_diff_us']:.1f} | {r['edgekit_python_cost_us']:.1f} | "
+                     f"{r['target']} | {'yes' if r['target_met'] else 'NO'} |")
+    return "\n".join(lines)
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
