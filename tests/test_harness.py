@@ -1,0 +1,76 @@
+"""The latency harness: statistics, run counts, isolation and crash rows."""
+
+from __future__ import annotations
+
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import edgekit
+from edgekit.harness import MIN_RUNS, LatencyStats, time_calls
+
+
+def test_stats_match_numpy() -> None:
+    ns = [1_000_000, 2_000_000, 3_000_000, 4_000_000, 10_000_000]
+    s = LatencyStats.from_ns(ns)
+    ms = np.array(ns) / 1e6
+    assert (s.runs, s.min_ms, s.max_ms, s.mean_ms) == (5, 1.0, 10.0, 4.0)
+    assert s.p50_ms == 3.0 and s.p90_ms == pytest.approx(np.percentile(ms, 90))
+    assert s.std_ms == pytest.approx(ms.std(ddof=1))
+
+
+def test_fixed_run_count_and_warmup() -> None:
+    calls = []
+    first, samples = time_calls(lambda: calls.append(1), warmup=5, runs=7)
+    assert len(samples) == 7 and len(calls) == 12 and first > 0
+
+
+def test_min_time_runs_at_least_the_minimum() -> None:
+    first, samples = time_calls(lambda: None, warmup=1, runs=None, min_time=0.0)
+    assert len(samples) == MIN_RUNS
+    _, timed = time_calls(lambda: None, warmup=0, runs=None, min_time=0.05)
+    assert len(timed) > MIN_RUNS  # a no-op runs many times in 50 ms
+
+
+def test_isolated_benchmark_measures_in_a_fresh_process(cnn_artifacts: dict) -> None:
+    r = edgekit.benchmark(cnn_artifacts["fp32"].path, runs=20, warmup=2, isolated=True)
+    assert r.status == "ok" and r.mode == "isolated" and r.latency.runs == 20
+    assert r.load_ms > 0 and r.first_ms > 0 and r.peak_rss_mb > 10
+
+
+PLUGIN = '''
+import os
+from edgekit.runtimes.onnxruntime import OrtModel
+from edgekit.runtimes import RUNTIMES
+
+@RUNTIMES.register("aborting")
+class Aborting(OrtModel):
+    """A runtime that dies the way a native library does on a bad model."""
+    name = "aborting"
+    def _run(self, feed):
+        os.abort()
+'''
+
+
+def test_a_crashing_runtime_becomes_a_row_not_a_dead_caller(cnn_artifacts: dict, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    # a third-party runtime, registered through the entry-point group like a real plugin
+    (tmp_path / "aborting_rt.py").write_text(textwrap.dedent(PLUGIN))
+    dist = tmp_path / "aborting_rt-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: aborting-rt\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[edgekit.runtimes]\naborting = aborting_rt\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), *sys.path]))
+    r = edgekit.benchmark(cnn_artifacts["fp32"].path, runtime="aborting", runs=5, isolated=True)
+    assert r.status == "crashed" and "SIGABRT" in r.reason
+
+
+def test_in_process_failure_is_a_row(tmp_path: Path) -> None:
+    bad = tmp_path / "broken.onnx"
+    bad.write_bytes(b"not a model")
+    r = edgekit.benchmark(bad)
+    assert r.status == "failed" and "cannot load broken.onnx" in r.reason
