@@ -8,15 +8,20 @@ Two small models are built here with torch and converted with ``edgekit.convert`
 For each, the same ``.onnx`` file is opened twice in this process: once through
 ``edgekit.load(path, threads=T)`` and once as a bare ``onnxruntime.InferenceSession`` with the same
 session options edgekit uses (``intra_op_num_threads=T``, ``inter_op_num_threads=1``, all graph
-optimizations, CPU provider). After a warm-up, calls are interleaved pair by pair in ABBA order
-(edgekit, bare, bare, edgekit, ...) so that machine noise hits both sides alike; every call is
-timed on its own with ``time.perf_counter_ns``.
+optimizations, CPU provider). After a warm-up, the two sides run in alternating blocks of
+``--block`` calls in ABBA order (edgekit block, bare block, bare block, edgekit block, ...), so
+machine noise hits both sides alike; every call is timed on its own with ``perf_counter_ns``.
+Blocks rather than single calls, because two ORT sessions each own an intra-op thread pool whose
+workers spin after a run: alternating sessions call by call on 2 cores makes each session's
+spinning workers steal the other's cores (``--block 1`` shows it).
 
 Reported per model: p50 of each side, the ratio edgekit/bare, the absolute p50 overhead
-(p50 edgekit - p50 bare) and the median of the per-pair differences, against the targets
-(overhead <= 5 % of the call on the ~1 ms model, <= 15 us on the ~50 us model). A diagnostic
-row times edgekit's pure Python wrapper cost by running ``Model.run`` over a stub session
-that returns precomputed outputs.
+(p50 edgekit - p50 bare) and the median over block pairs of (block median edgekit - block
+median bare), against the targets (overhead <= 5 % of the call on the ~1 ms model, <= 15 us on
+the ~50 us model). Two diagnostics: the same comparison on edgekit's *own* session
+(``ek.run(feed)`` vs ``ek._session.run(None, feed)``, call by call ABBA: no second session at
+all), and edgekit's pure Python wrapper cost, ``Model.run`` over a stub session that returns
+precomputed outputs.
 
     .venv/bin/python bench/runtime_overhead.py              # table, JSON saved in bench/results/
     .venv/bin/python bench/runtime_overhead.py --json -     # also print the JSON
@@ -32,8 +37,9 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -72,28 +78,32 @@ def bare_session(path: Path, threads: int) -> Any:
     return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
 
 
-def interleave(a: Callable[[], Any], b: Callable[[], Any], *, warmup: int, seconds: float,
-               min_pairs: int, max_pairs: int) -> tuple[np.ndarray, np.ndarray]:
-    """Time ``a`` and ``b`` call by call in ABBA order; returns (a ns, b ns) per pair."""
+def interleave(a: Callable[[], Any], b: Callable[[], Any], *, block: int, warmup: int, seconds: float,
+               min_pairs: int, max_pairs: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Time ``a`` and ``b`` in alternating blocks of ``block`` calls, ABBA order (A B, B A, A B, ...),
+    every call timed on its own. Returns (a ns, b ns, per block pair: median a - median b in ns)."""
     clock = time.perf_counter_ns
     for _ in range(warmup):
         a()
         b()
-    ta = np.empty(max_pairs, dtype=np.int64)
-    tb = np.empty(max_pairs, dtype=np.int64)
+    ta = np.empty(max_pairs * block, dtype=np.int64)
+    tb = np.empty(max_pairs * block, dtype=np.int64)
+    diffs: list[float] = []
     deadline = clock() + int(seconds * 1e9)
     n = 0
     while n < max_pairs:
-        if n % 2 == 0:
-            t0 = clock(); a(); t1 = clock(); b(); t2 = clock()  # noqa: E702
-            ta[n], tb[n] = t1 - t0, t2 - t1
-        else:
-            t0 = clock(); b(); t1 = clock(); a(); t2 = clock()  # noqa: E702
-            tb[n], ta[n] = t1 - t0, t2 - t1
+        lo, hi = n * block, (n + 1) * block
+        for first in ((a, ta), (b, tb)) if n % 2 == 0 else ((b, tb), (a, ta)):
+            fn, out = first
+            for i in range(lo, hi):
+                t0 = clock()
+                fn()
+                out[i] = clock() - t0
+        diffs.append(float(np.median(ta[lo:hi]) - np.median(tb[lo:hi])))
         n += 1
-        if n >= min_pairs and t2 >= deadline:
+        if n * block >= min_pairs and clock() >= deadline:
             break
-    return ta[:n], tb[:n]
+    return ta[:n * block], tb[:n * block], np.asarray(diffs)
 
 
 def p50_us(ns: np.ndarray) -> float:
@@ -134,16 +144,23 @@ def stub_overhead_us(model: Any, feed: dict[str, np.ndarray], outputs: list[np.n
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=2, help="intra-op threads on both sides (default 2)")
-    ap.add_argument("--warmup", type=int, default=300, help="warm-up pairs per model (default 300)")
+    ap.add_argument("--warmup", type=int, default=300, help="warm-up calls per side and model (default 300)")
+    ap.add_argument("--block", type=int, default=20,
+                    help="calls per block; blocks alternate ABBA between the two sessions (default 20; "
+                    "1 = call-by-call)")
     ap.add_argument("--seconds", type=float, default=20.0,
-                    help="measuring time per model, seconds (default 20)")
-    ap.add_argument("--min-pairs", type=int, default=2000, help="at least this many A/B pairs (default 2000)")
-    ap.add_argument("--max-pairs", type=int, default=40000, help="at most this many A/B pairs (default 40000)")
+                    help="measuring time per model, edgekit vs bare session (default 20)")
+    ap.add_argument("--same-session-seconds", type=float, default=6.0,
+                    help="measuring time per model for the same-session diagnostic, 0 to skip (default 6)")
+    ap.add_argument("--min-calls", type=int, default=2000, help="at least this many calls per side (default 2000)")
+    ap.add_argument("--max-calls", type=int, default=200000, help="at most this many calls per side (default 200000)")
     ap.add_argument("--models", default="cnn-1ms,mlp-50us", help="comma-separated subset of cnn-1ms,mlp-50us")
     ap.add_argument("--out", type=Path, default=HERE / "results",
                     help="where runtime_overhead.json is written (default bench/results/)")
     ap.add_argument("--json", metavar="PATH", help="also write the JSON here ('-' for stdout)")
     args = ap.parse_args(argv)
+    if args.block < 1 or args.threads < 1:
+        ap.error("--block and --threads must be at least 1")
 
     warnings.simplefilter("ignore")
     import onnxruntime as ort
@@ -172,32 +189,54 @@ def main(argv: list[str] | None = None) -> int:
             bare = bare_session(art.path, args.threads)
             out_ek = ek.run(feed)
             out_bare = bare.run(None, feed)
-            max_diff = max(float(np.abs(a - b).max()) for a, b in zip(out_ek.values(), out_bare))
+            max_diff = max(float(np.abs(a - b).max()) for a, b in zip(out_ek.values(), out_bare, strict=True))
 
-            ta, tb = interleave(lambda: ek.run(feed), lambda: bare.run(None, feed),  # noqa: B023
-                                warmup=args.warmup, seconds=args.seconds,
-                                min_pairs=args.min_pairs, max_pairs=args.max_pairs)
+            def ek_call() -> Any:
+                return ek.run(feed)  # noqa: B023
+
+            def bare_call() -> Any:
+                return bare.run(None, feed)  # noqa: B023
+
+            ta, tb, blocks = interleave(ek_call, bare_call, block=args.block, warmup=args.warmup,
+                                        seconds=args.seconds, min_pairs=args.min_calls,
+                                        max_pairs=max(1, args.max_calls // args.block))
             a50, b50 = p50_us(ta), p50_us(tb)
             overhead = a50 - b50
             pct = 100.0 * overhead / b50
-            paired = float(np.median(ta - tb)) / 1e3
-            stub_us = stub_overhead_us(ek, feed, out_bare)
-            kind, limit = TARGETS[name]
-            met = (pct <= limit) if kind == "pct" else (overhead <= limit)
-            rows.append({
+            row: dict[str, Any] = {
                 "model": name, "params": int(sum(p.numel() for p in module.parameters())),
                 "input_shape": list(x.shape), "onnx_bytes": art.size_bytes, "convert_s": round(convert_s, 1),
-                "pairs": int(len(ta)), "threads": args.threads,
+                "threads": args.threads, "block": args.block, "calls_per_side": int(len(ta)),
                 "p50_edgekit_us": round(a50, 2), "p50_bare_us": round(b50, 2),
                 "p90_edgekit_us": round(float(np.percentile(ta, 90)) / 1e3, 2),
                 "p90_bare_us": round(float(np.percentile(tb, 90)) / 1e3, 2),
                 "ratio": round(a50 / b50, 4), "overhead_us": round(overhead, 2),
-                "overhead_pct": round(pct, 2), "paired_median_diff_us": round(paired, 2),
-                "edgekit_python_cost_us": round(stub_us, 2),
-                "target": f"<= {limit:g} {'%' if kind == 'pct' else 'us'}", "target_met": bool(met),
+                "overhead_pct": round(pct, 2),
+                "block_paired_median_diff_us": round(float(np.median(blocks)) / 1e3, 2),
                 "max_abs_output_diff": max_diff,
-            })
+            }
+            if args.same_session_seconds > 0:
+                # the same ORT session under both sides: no cross-session thread-pool interference
+                sess = ek._session
+
+                def same_call() -> Any:
+                    return sess.run(None, feed)  # noqa: B023
+
+                sa, sb, _ = interleave(ek_call, same_call, block=1, warmup=args.warmup,
+                                       seconds=args.same_session_seconds, min_pairs=args.min_calls // 2,
+                                       max_pairs=args.max_calls)
+                row.update({"same_session_calls": int(len(sa)),
+                            "same_session_p50_edgekit_us": round(p50_us(sa), 2),
+                            "same_session_p50_bare_us": round(p50_us(sb), 2),
+                            "same_session_overhead_us": round(p50_us(sa) - p50_us(sb), 2),
+                            "same_session_paired_median_diff_us": round(float(np.median(sa - sb)) / 1e3, 2)})
+            row["edgekit_python_cost_us"] = round(stub_overhead_us(ek, feed, out_bare), 2)
+            kind, limit = TARGETS[name]
+            row["target"] = f"<= {limit:g} {'%' if kind == 'pct' else 'us'}"
+            row["target_met"] = bool((pct <= limit) if kind == "pct" else (overhead <= limit))
+            rows.append(row)
             ek.close()
+            print(f"[{name}] done in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
     load_after = os.getloadavg()
 
     env = {
@@ -207,12 +246,15 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg_before": [round(v, 2) for v in load_before], "loadavg_after": [round(v, 2) for v in load_after],
         "wall_s": round(time.perf_counter() - t_start, 1),
     }
-    result = {"benchmark": "runtime_overhead", "method": "interleaved ABBA pairs, per-call perf_counter_ns",
+    result = {"benchmark": "runtime_overhead",
+              "method": f"two sessions on one file, blocks of {args.block} calls alternating ABBA, "
+                        "every call timed with perf_counter_ns; p50 over all calls of a side",
+              "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
               "env": env, "rows": rows}
     print(table(rows))
     print(f"\n{env['cpu']} x{env['cpus']}, onnxruntime {env['onnxruntime']}, torch {env['torch']}, "
-          f"threads {args.threads}, load avg {env['loadavg_before'][0]} -> {env['loadavg_after'][0]}, "
-          f"{env['wall_s']} s")
+          f"threads {args.threads}, block {args.block}, load avg (1 min) {env['loadavg_before'][0]} -> "
+          f"{env['loadavg_after'][0]}, {env['wall_s']} s")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "runtime_overhead.json").write_text(json.dumps(result, indent=2) + "\n")
     if args.json == "-":
@@ -223,13 +265,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    head = ("| model | pairs | p50 bare ORT (us) | p50 edgekit (us) | ratio | p50 overhead (us) | "
-            "overhead % | paired median diff (us) | edgekit Python cost (us) | target | met |")
+    head = ("| model | calls/side | p50 bare ORT (us) | p50 edgekit (us) | ratio | p50 overhead (us) | "
+            "overhead % | block-paired median diff (us) | same-session overhead (us) | "
+            "edgekit Python cost (us) | target | met |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['pairs']} | {r['p50_bare_us']:.1f} | {r['p50_edgekit_us']:.1f} | "
-                     f"{r['ratio']:.3f} | {r['overhead_us']:.1f} | {r['overhead_pct']:.1f} % | "
-                     f"{r['paired_median_diff_us']:.1f} | {r['edgekit_python_cost_us']:.1f} | "
+        same = r.get("same_session_overhead_us")
+        lines.append(f"| {r['model']} | {r['calls_per_side']} | {r['p50_bare_us']:.1f} | {r['p50_edgekit_us']:.1f} | "
+                     f"{r['ratio']:.3f} | {r['overhead_us']:+.1f} | {r['overhead_pct']:+.1f} % | "
+                     f"{r['block_paired_median_diff_us']:+.1f} | "
+                     f"{'-' if same is None else f'{same:+.1f}'} | {r['edgekit_python_cost_us']:.1f} | "
                      f"{r['target']} | {'yes' if r['target_met'] else 'NO'} |")
     return "\n".join(lines)
 

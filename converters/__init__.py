@@ -7,9 +7,10 @@ A converter exports the source once (``export``), then builds each precision fro
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from edgekit.deps import require
 from edgekit.errors import ConfigError

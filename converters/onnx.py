@@ -11,9 +11,10 @@ import contextlib
 import io
 import logging
 import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -180,10 +181,14 @@ class OnnxConverter(Converter):
 
 def _export_args(src: Any) -> tuple[tuple, tuple]:
     """Example tensors (dynamic axes widened to >= 2, which torch.export would specialize) and
-    dynamic shape specs with one shared ``Dim`` per axis name."""
+    dynamic shape specs.
+
+    ``Dim.DYNAMIC`` lets torch.export infer each axis' range and its equalities with other
+    axes: a named, unbounded ``Dim`` fails on models that bound an axis (BERT's position
+    embeddings cap the sequence length). The names come back in ``name_dynamic_axes``.
+    """
     import torch
 
-    dims: dict[str, Any] = {}
     args, shapes = [], []
     for name in src.input_names:
         arr = src.example_inputs[name]
@@ -192,8 +197,7 @@ def _export_args(src: Any) -> tuple[tuple, tuple]:
             if arr.shape[axis] < 2:
                 arr = np.repeat(arr, 2, axis=axis)
         args.append(torch.from_numpy(np.ascontiguousarray(arr)))
-        shapes.append({axis: dims.setdefault(label, torch.export.Dim(label))
-                       for axis, label in axes.items()} or None)
+        shapes.append({axis: torch.export.Dim.DYNAMIC for axis in axes} or None)
     return tuple(args), tuple(shapes)
 
 

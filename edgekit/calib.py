@@ -8,9 +8,10 @@ one object per line with a ``"text"`` field. An ``.npz`` for evaluation also hol
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 

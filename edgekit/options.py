@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from typing import Any, Mapping, TypeVar
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
 from edgekit.errors import ConfigError
 
-O = TypeVar("O")
+OptionsT = TypeVar("OptionsT")
 
 
 def _coerce(name: str, value: Any, hint: Any) -> Any:
@@ -38,7 +39,7 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
     raise ConfigError(f"option {name}={value!r} is not a valid {hint}", fix=f"give {name} a {hint}")
 
 
-def parse_options(cls: type[O], raw: Mapping[str, Any] | O | None) -> O:
+def parse_options(cls: type[OptionsT], raw: Mapping[str, Any] | OptionsT | None) -> OptionsT:
     """Build ``cls`` from a mapping, rejecting unknown keys with the list of known ones."""
     if raw is None:
         return cls()

@@ -5,9 +5,10 @@ Strings become enums at the API/CLI boundary through :meth:`parse`, which names 
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Iterable, Sequence, TypeVar
+from typing import Any, TypeVar
 
 from edgekit.errors import ConfigError
 

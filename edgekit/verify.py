@@ -6,8 +6,9 @@ agreement for logits. With labelled data, the task metric (accuracy) and its del
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 

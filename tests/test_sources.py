@@ -19,7 +19,7 @@ from torch import nn
 
 import edgekit
 from edgekit.cli import main as cli
-from edgekit.errors import ExportError, SourceError
+from edgekit.errors import CalibrationError, SourceError
 from edgekit.manifest import read_manifest
 
 # --------------------------------------------------------------------------------------------
@@ -40,18 +40,6 @@ CALIB_TEXTS = [
     "the actors were not very good", "was the ending fun?", "small devices run this model",
     "every format keeps the sequence axis dynamic",
 ]
-
-# The HF directory cannot be exported today: converters/onnx.py::_export_args gives each dynamic
-# axis an unbounded torch.export.Dim, and BERT's position embeddings make torch.export guard
-# `sequence <= max_position_embeddings`, so torch.export raises "Constraints violated (sequence)".
-# Fixing it (Dim.DYNAMIC, or a bounded Dim) is outside the sources; remove this marker then.
-HF_EXPORT_BUG = pytest.mark.xfail(
-    raises=ExportError, strict=True,
-    reason="converters/onnx.py _export_args: unbounded Dim('sequence') vs BERT's "
-    "max_position_embeddings guard -> 'Constraints violated (sequence)'")
-# the CLI turns that ExportError into exit code 1 and "error: ..." on stderr
-HF_EXPORT_BUG_CLI = pytest.mark.xfail(strict=True, reason=HF_EXPORT_BUG.kwargs["reason"])
-
 
 def _tokenizer():
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
@@ -109,7 +97,17 @@ def test_tokenizer_built_here_knows_its_words(hf_dir: Path) -> None:
     assert ids[1:-1] == [VOCAB.index(w) for w in ("the", "movie", "was", "good")]
 
 
-@HF_EXPORT_BUG
+def test_hf_dir_loads_quietly_and_int8_asks_for_calibration(hf_dir: Path, tmp_path: Path,
+                                                            capfd: pytest.CaptureFixture) -> None:
+    """Loading the directory (before any export) prints nothing: the library never prints."""
+    with pytest.raises(CalibrationError) as info:
+        edgekit.convert(hf_dir, targets=["onnx"], precisions=["int8"], out=tmp_path / "out")
+    assert info.value.problem == "int8 on onnx needs calibration data"
+    assert "a text file for a HF text model" in info.value.fix
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""
+
+
 def test_hf_fp32_matches_transformers(hf_artifacts: dict) -> None:
     fp32 = hf_artifacts["fp32"]
     assert fp32.status == "ok" and fp32.path.name == "tiny-bert-fp32.onnx"
@@ -124,7 +122,6 @@ def test_hf_fp32_matches_transformers(hf_artifacts: dict) -> None:
     assert int8.status == "ok" and int8.verification.outputs[0].cosine > 0.99
 
 
-@HF_EXPORT_BUG
 def test_hf_manifest_records_task_labels_weights_and_dims(hf_dir: Path, hf_artifacts: dict) -> None:
     manifest = read_manifest(hf_artifacts["fp32"].path)
     assert manifest.task == "text-classification"
@@ -140,7 +137,6 @@ def test_hf_manifest_records_task_labels_weights_and_dims(hf_dir: Path, hf_artif
     assert sig.outputs[0].name == "logits" and sig.outputs[0].shape == ("batch", 3)
 
 
-@HF_EXPORT_BUG
 def test_hf_tokenizer_files_are_copied_beside_the_artifacts(hf_dir: Path, hf_artifacts: dict) -> None:
     out = hf_artifacts["fp32"].path.parent
     assets = out / "tiny-bert.assets"
@@ -154,7 +150,6 @@ def test_hf_tokenizer_files_are_copied_beside_the_artifacts(hf_dir: Path, hf_art
         assert listed["tiny-bert.assets/tokenizer.json"] == digest
 
 
-@HF_EXPORT_BUG
 def test_hf_onnx_runs_other_batch_and_sequence_lengths(hf_artifacts: dict, hf_model: nn.Module,
                                                         hf_dir: Path) -> None:
     from transformers import AutoTokenizer
@@ -173,7 +168,6 @@ def test_hf_onnx_runs_other_batch_and_sequence_lengths(hf_artifacts: dict, hf_mo
     assert (got.argmax(-1) == want.argmax(-1)).all()
 
 
-@HF_EXPORT_BUG_CLI
 def test_cli_converts_hf_dir_with_json_report(hf_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "cli-out"
     result = CliRunner().invoke(cli, ["convert", str(hf_dir), "--to", "onnx", "--precision", "fp32",

@@ -6,7 +6,7 @@ with the training split as calibration data and the test split as labelled evalu
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

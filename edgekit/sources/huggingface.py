@@ -6,8 +6,10 @@ the task name and the output the artifact exposes.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -54,13 +56,30 @@ def _weights(path: Path) -> list[dict[str, Any]]:
     return [{"file": f.name, "sha256": sha256_file(f), "bytes": f.stat().st_size} for f in files]
 
 
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """The library never prints: no "Loading weights" progress bar, only transformers' errors."""
+    from transformers.utils import logging as hf_logging
+
+    bar, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bar:
+            hf_logging.enable_progress_bar()
+
+
 def _load_model(path: Path, architecture: str | None) -> Any:
     import transformers
 
     cls = getattr(transformers, architecture, None) if architecture else None
     cls = cls or transformers.AutoModel
     try:
-        return cls.from_pretrained(str(path), local_files_only=True, use_safetensors=True)
+        with _quiet_transformers():
+            return cls.from_pretrained(str(path), local_files_only=True, use_safetensors=True)
     except Exception as e:  # transformers raises many types; all mean "cannot load this dir"
         raise SourceError(f"transformers could not load {path}: {e}",
                           fix="check config.json and the safetensors files in the directory") from e
