@@ -56,9 +56,11 @@ def sentences(doc: str, min_words: int = 6, max_words: int = 60) -> list[str]:
     return out
 
 
-def split_corpus(path: Path, n_calib: int, n_holdout: int) -> tuple[list[str], list[str], str]:
+def split_corpus(path: Path, n_calib: int, n_holdout: int
+                 ) -> tuple[list[str], list[str], str, tuple[str, str]]:
     """Calibration sentences from the first documents, held-out ones from the last documents
-    (never shared), and one long held-out document for the latency input."""
+    (never shared), one long held-out document for the latency input, and the two longest
+    calibration documents (export examples, only used by a workaround)."""
     docs = [d for d in path.read_text(encoding="utf-8").splitlines() if d.strip()]
     calib: list[str] = []
     used = 0
@@ -74,7 +76,9 @@ def split_corpus(path: Path, n_calib: int, n_holdout: int) -> tuple[list[str], l
     if len(calib) < n_calib or len(holdout) < n_holdout:
         sys.exit(f"{path} holds too little text for {n_calib} + {n_holdout} sentences")
     latency_doc = max(docs[used:], key=len)
-    return calib[:n_calib], holdout[:n_holdout], latency_doc
+    long_calib_docs = sorted(docs[:used], key=len, reverse=True)
+    examples = (long_calib_docs[0], long_calib_docs[1])
+    return calib[:n_calib], holdout[:n_holdout], latency_doc, examples
 
 
 def mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -111,40 +115,61 @@ def _cap_sequence_dim(max_len: int) -> None:
     ek_onnx._export_args = patched
 
 
-def convert(model_dir: Path, calib_file: Path, out: Path, name: str, precisions: list[str], reuse: bool
-            ) -> tuple[dict[str, Path], float | None, bool]:
-    """Convert (or reuse) the artifacts: precision -> model path, conversion seconds, and whether
-    the sequence-dim workaround was needed."""
+def _long_examples(texts: tuple[str, str]) -> None:
+    """WORKAROUND for an edgekit bug (edgekit/verify.py ``compare``): it concatenates the flattened
+    outputs of every verification feed, but the HF source's example inputs are padded to their own
+    length (~15 tokens) while calibration samples are padded to ``seq_len`` (128), so np.concatenate
+    raises ValueError for any text model converted with calibration data. Giving the source two
+    example texts longer than 128 tokens makes every feed (batch, 128)."""
+    import edgekit.sources.huggingface as ek_hf
+
+    ek_hf.EXAMPLE_TEXTS = texts
+
+
+def convert(model_dir: Path, calib_file: Path, out: Path, name: str, precisions: list[str], reuse: bool,
+            examples: tuple[str, str]) -> tuple[dict[str, Path], float | None, list[str]]:
+    """Convert (or reuse) the artifacts: precision -> model path, conversion seconds, and the bench
+    workarounds for edgekit bugs that had to be applied (each only after the plain call hit it)."""
     import edgekit
 
     paths = {p: out / f"{name}-{p}.onnx" for p in precisions}
     if reuse and all(p.is_file() and Path(str(p) + ".edgekit.json").is_file() for p in paths.values()):
-        return paths, None, False
+        return paths, None, []
     t0 = time.perf_counter()
 
     def progress(stage: str, done: int, total: int | None) -> None:
         if total and done == total:
             print(f"  {stage}: done ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
 
-    def run() -> list[Any]:
-        return edgekit.convert(str(model_dir), targets=["onnx"], precisions=precisions,
-                               calib=str(calib_file), seq_len=128, out=out, name=name,
-                               keep_going=True, progress=progress)
-
-    arts = run()
-    workaround = False
-    if any(a.status == "failed" and "Constraints violated (sequence)" in (a.reason or "") for a in arts):
-        print("  edgekit could not export a dynamic sequence axis (unbounded torch.export.Dim); "
-              "retrying with the bench workaround: Dim('sequence', max=max_position_embeddings)",
-              file=sys.stderr, flush=True)
-        config = json.loads((model_dir / "config.json").read_text())
-        _cap_sequence_dim(int(config.get("max_position_embeddings", 512)))
-        workaround = True
-        arts = run()
+    workarounds: list[str] = []
+    for _attempt in range(3):
+        try:
+            arts = edgekit.convert(str(model_dir), targets=["onnx"], precisions=precisions,
+                                   calib=str(calib_file), seq_len=128, out=out, name=name,
+                                   keep_going=True, progress=progress)
+        except ValueError as e:
+            if "concatenation axis" not in str(e) or "long-examples" in workarounds:
+                raise
+            print(f"  edgekit verification crashed ({e}); retrying with the bench workaround: "
+                  "example texts longer than 128 tokens", file=sys.stderr, flush=True)
+            _long_examples(examples)
+            workarounds.append("long-examples")
+            continue
+        if any(a.status == "failed" and "Constraints violated (sequence)" in (a.reason or "") for a in arts) \
+                and "cap-sequence-dim" not in workarounds:
+            print("  edgekit could not export a dynamic sequence axis (unbounded torch.export.Dim); "
+                  "retrying with the bench workaround: Dim('sequence', max=max_position_embeddings)",
+                  file=sys.stderr, flush=True)
+            config = json.loads((model_dir / "config.json").read_text())
+            _cap_sequence_dim(int(config.get("max_position_embeddings", 512)))
+            workarounds.append("cap-sequence-dim")
+            continue
+        break
     for a in arts:
         if a.status != "ok":
             print(f"  {a.precision.value}: {a.status}: {a.reason}", file=sys.stderr)
-    return {a.precision.value: a.path for a in arts if a.status == "ok"}, time.perf_counter() - t0, workaround
+    return ({a.precision.value: a.path for a in arts if a.status == "ok"}, time.perf_counter() - t0,
+            workarounds)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -189,15 +214,15 @@ def main(argv: list[str] | None = None) -> int:
     precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
 
     # -- 1. text ------------------------------------------------------------------------------
-    calib, holdout, latency_doc = split_corpus(corpus, args.calib_lines, args.holdout)
+    calib, holdout, latency_doc, examples = split_corpus(corpus, args.calib_lines, args.holdout)
     args.work.mkdir(parents=True, exist_ok=True)
     calib_file = args.work / "calibration.txt"
     calib_file.write_text("\n".join(calib) + "\n", encoding="utf-8")
 
     # -- 2. convert ---------------------------------------------------------------------------
-    print(f"converting {args.model.name} to {precisions} ...", file=sys.stderr, flush=True)
-    paths, convert_s, workaround = convert(args.model, calib_file, args.work, args.name, precisions,
-                                           args.reuse)
+    print(f"converting {args.model} to {precisions} ...", file=sys.stderr, flush=True)
+    paths, convert_s, workarounds = convert(args.model, calib_file, args.work, args.name, precisions,
+                                            args.reuse, examples)
     if not paths:
         sys.exit("no variant converted; see the reasons above")
 
@@ -302,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     result = {
         "benchmark": "text_model", "model": str(args.model), "corpus": str(corpus),
-        "sequence_dim_workaround": workaround,
+        "edgekit_bug_workarounds": workarounds,
         "calibration_sentences": len(calib), "holdout_sentences": len(holdout),
         "latency_input": {"tokens": int(enc["attention_mask"].sum()), "seq_len": 128, "batch": 1,
                           "inputs": names},

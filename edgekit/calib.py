@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from edgekit.errors import ArtifactError, CalibrationError
+from edgekit.io import read_npz
 
 if TYPE_CHECKING:
     from edgekit.sources import ModelSource
@@ -49,15 +50,6 @@ class EvalSet:
 
     data: CalibrationSet
     labels: np.ndarray
-
-
-def _read_npz(path: Path) -> dict[str, np.ndarray]:
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except (OSError, ValueError) as e:
-        raise CalibrationError(f"cannot read {path} as an .npz file: {e}",
-                               fix="save it with numpy.savez(path, input_name=array, ...)") from e
 
 
 def _read_texts(path: Path) -> list[str]:
@@ -126,17 +118,13 @@ def validate(arrays: dict[str, np.ndarray], source: ModelSource, origin: str) ->
     return CalibrationSet(out, origin)
 
 
-def _check_exists(path: Path) -> None:
-    if not path.is_file():
-        raise ArtifactError(f"no such data file: {path}", fix="check the --calib / --eval path")
-
-
 def load_calibration(path: str | Path, source: ModelSource, *, limit: int | None = None
                      ) -> CalibrationSet:
     """Read ``path`` (.npz, or text/JSONL for a HF text model) as calibration samples."""
     path = Path(path)
-    _check_exists(path)
     if path.suffix in TEXT_SUFFIXES:
+        if not path.is_file():
+            raise ArtifactError(f"no such data file: {path}", fix="check the --calib path")
         if source.tokenize is None:
             raise CalibrationError(
                 f"{path.name} is text, but this model has no tokenizer to encode it",
@@ -144,7 +132,8 @@ def load_calibration(path: str | Path, source: ModelSource, *, limit: int | None
         texts = _read_texts(path)[:limit] if limit else _read_texts(path)
         arrays = source.tokenize(texts)
     else:
-        arrays = {k: v for k, v in _read_npz(path).items() if k not in LABEL_KEYS}
+        raw = read_npz(path, error=CalibrationError, option="--calib")
+        arrays = {k: v for k, v in raw.items() if k not in LABEL_KEYS}
     cal = validate(arrays, source, path.name)
     return cal.take(limit) if limit else cal
 
@@ -152,8 +141,7 @@ def load_calibration(path: str | Path, source: ModelSource, *, limit: int | None
 def load_eval(path: str | Path, source: ModelSource) -> EvalSet:
     """Read labelled evaluation data: an .npz with the inputs plus ``labels``."""
     path = Path(path)
-    _check_exists(path)
-    raw = _read_npz(path)
+    raw = read_npz(path, error=CalibrationError, option="--eval")
     key = next((k for k in LABEL_KEYS if k in raw), None)
     if key is None:
         raise CalibrationError(f"{path.name} has no 'labels' array",

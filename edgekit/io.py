@@ -6,19 +6,20 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.errors import ArtifactError, InputError
+from edgekit.errors import ArtifactError, EdgekitError, InputError
 
 
-def read_npz(path: Path) -> dict[str, np.ndarray]:
-    """Arrays of an ``.npz`` by key; never unpickles objects."""
+def read_npz(path: Path, *, error: type[EdgekitError] = InputError, option: str = "--input"
+             ) -> dict[str, np.ndarray]:
+    """Arrays of an ``.npz`` by key; never unpickles objects. ``error`` is raised for bad content."""
     if not path.is_file():
-        raise ArtifactError(f"no such input file: {path}", fix="check the --input path")
+        raise ArtifactError(f"no such data file: {path}", fix=f"check the {option} path")
     try:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
     except (OSError, ValueError) as e:
-        raise InputError(f"cannot read {path} as an .npz file: {e}",
-                         fix="save inputs with numpy.savez(path, input_name=array, ...)") from e
+        raise error(f"cannot read {path} as an .npz file: {e}",
+                    fix="save it with numpy.savez(path, input_name=array, ...)") from e
 
 
 def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
