@@ -6,6 +6,8 @@
    ``--holdout`` sentences (default 64), from articles the calibration never saw, are held out.
 2. ``edgekit.convert(model_dir, targets=["onnx"], precisions=[fp32, int8-dynamic, int8, int4],
    calib=<calibration .txt>, seq_len=128)``; each artifact's manifest holds its parity figures.
+   (If edgekit's verification crashes on feeds of different sequence lengths, a known edgekit
+   bug, the conversion is retried once with two >128-token example texts; the JSON records it.)
 3. In ONE process, PyTorch eager fp32 (``transformers.AutoModel`` from the same directory,
    ``torch.inference_mode``, ``torch.set_num_threads(T)``) and every ONNX variant through
    ``edgekit.load(path, threads=T).run(feed)`` are timed round-robin: each round runs a block of
@@ -87,34 +89,6 @@ def mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
 
 
-def _cap_sequence_dim(max_len: int) -> None:
-    """WORKAROUND for an edgekit bug (converters/onnx.py ``_export_args``): it builds
-    ``torch.export.Dim(label)`` with no upper bound, but BERT-style models guard
-    ``sequence <= max_position_embeddings`` (512), so torch.export fails with "Constraints violated
-    (sequence)". Re-create the sequence Dim with ``max=max_len``, shared across inputs as before."""
-    import torch
-
-    import edgekit.converters.onnx as ek_onnx
-
-    original = ek_onnx._export_args
-    if getattr(original, "_bench_capped", False):
-        return
-
-    def patched(src: Any) -> tuple[tuple, tuple]:
-        args, shapes = original(src)
-        dims: dict[str, Any] = {}
-
-        def cap(d: Any) -> Any:
-            if d.__name__ != "sequence":
-                return d
-            return dims.setdefault(d.__name__, torch.export.Dim(d.__name__, max=max_len))
-
-        return args, tuple({ax: cap(d) for ax, d in s.items()} if s else s for s in shapes)
-
-    patched._bench_capped = True  # type: ignore[attr-defined]
-    ek_onnx._export_args = patched
-
-
 def _long_examples(texts: tuple[str, str]) -> None:
     """WORKAROUND for an edgekit bug (edgekit/verify.py ``compare``): it concatenates the flattened
     outputs of every verification feed, but the HF source's example inputs are padded to their own
@@ -142,7 +116,7 @@ def convert(model_dir: Path, calib_file: Path, out: Path, name: str, precisions:
             print(f"  {stage}: done ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
 
     workarounds: list[str] = []
-    for _attempt in range(3):
+    for _attempt in range(2):
         try:
             arts = edgekit.convert(str(model_dir), targets=["onnx"], precisions=precisions,
                                    calib=str(calib_file), seq_len=128, out=out, name=name,
@@ -154,15 +128,6 @@ def convert(model_dir: Path, calib_file: Path, out: Path, name: str, precisions:
                   "example texts longer than 128 tokens", file=sys.stderr, flush=True)
             _long_examples(examples)
             workarounds.append("long-examples")
-            continue
-        if any(a.status == "failed" and "Constraints violated (sequence)" in (a.reason or "") for a in arts) \
-                and "cap-sequence-dim" not in workarounds:
-            print("  edgekit could not export a dynamic sequence axis (unbounded torch.export.Dim); "
-                  "retrying with the bench workaround: Dim('sequence', max=max_position_embeddings)",
-                  file=sys.stderr, flush=True)
-            config = json.loads((model_dir / "config.json").read_text())
-            _cap_sequence_dim(int(config.get("max_position_embeddings", 512)))
-            workarounds.append("cap-sequence-dim")
             continue
         break
     for a in arts:

@@ -47,6 +47,7 @@ class Built:
     companions: list[Path] = field(default_factory=list)
     route: str = ""
     details: dict[str, Any] = field(default_factory=dict)
+    runtime_hints: dict[str, Any] = field(default_factory=dict)  # e.g. the precision hint to run with
 
     @property
     def files(self) -> list[Path]:
@@ -64,6 +65,10 @@ class Converter(ABC):
     requires: ClassVar[tuple[str, ...]]
     distributions: ClassVar[tuple[str, ...]]  # versions recorded in the manifest
     Options: ClassVar[type]
+    # how verification loads each variant: runtime options (e.g. an f32 precision hint), and
+    # whether it runs in a fresh process that has not imported the converter's stack
+    verify_options: ClassVar[dict[str, Any]] = {}
+    verify_isolated: ClassVar[bool] = False
 
     def check(self, precisions: list[Precision]) -> None:
         """Fail early, before any work, on an unsupported precision or a missing package."""

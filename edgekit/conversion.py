@@ -138,7 +138,7 @@ def convert(
                     progress(f"build {conv.format.value}", i, len(precisions_))
                 try:
                     artifacts.append(_build_one(conv, base, precision, base_name, ctx, reference,
-                                                evaluation, out_dir, assets, export_s,
+                                                out_dir, assets, export_s,
                                                 options_dict(opts[conv.format])))
                 except EdgekitError as e:
                     if not keep_going:
@@ -180,8 +180,9 @@ def _stage_assets(source: Any, stage: Path, base_name: str) -> dict[str, Any]:
 
 
 def _build_one(conv: Any, base: Any, precision: Precision, base_name: str, ctx: Any,
-               reference: Any, evaluation: Any, out_dir: Path, assets: dict[str, Any],
+               reference: Any, out_dir: Path, assets: dict[str, Any],
                export_s: float, options: dict[str, Any]) -> Artifact:
+    from edgekit.isolation import run_isolated
     from edgekit.runtime import load
     from edgekit.verify import compare
 
@@ -191,9 +192,14 @@ def _build_one(conv: Any, base: Any, precision: Precision, base_name: str, ctx: 
     seconds = time.perf_counter() - t0
     if ctx.progress:
         ctx.progress(f"verify {stem}", 0, 1)
-    with load(built.model, device="cpu") as m:
-        verification = compare(reference, m.run, precision, evaluation, device="cpu")
-        signature = m.signature.with_examples(ctx.source.example_inputs)
+    feeds = reference.all_feeds
+    if conv.verify_isolated:  # a clean process that has not imported the converter's stack
+        got, native = run_isolated(built.model, feeds, device="cpu", **conv.verify_options)
+    else:
+        with load(built.model, device="cpu", **conv.verify_options) as m:
+            got, native = [m.run(f) for f in feeds], m.signature
+    verification = compare(reference, got, precision, device="cpu")
+    signature = native.with_examples(ctx.source.example_inputs)
     size = sum(f.stat().st_size for f in built.files)
     files = [{"path": f.name, "sha256": sha256_file(f), "bytes": f.stat().st_size} for f in built.files]
     preprocess = dict(ctx.source.preprocess)
@@ -206,7 +212,7 @@ def _build_one(conv: Any, base: Any, precision: Precision, base_name: str, ctx: 
         conversion={"route": built.route, "export_seconds": round(export_s, 3),
                     "build_seconds": round(seconds, 3), **built.details},
         versions=library_versions(*conv.distributions), verification=verification,
-        preprocess=preprocess)
+        preprocess=preprocess, runtime_hints=dict(built.runtime_hints))
     mpath = manifest_path(built.model)
     write_json_atomic(mpath, manifest.to_dict())
     if assets and assets["dir"].exists():  # the first variant published moves them out of staging

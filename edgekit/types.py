@@ -22,6 +22,7 @@ class _Vocabulary(StrEnum):
         if isinstance(value, cls):
             return value
         text = str(value).strip().lower()
+        text = ALIASES.get(cls.__name__, {}).get(text, text)
         for member in cls:
             if text == member.value:
                 return member
@@ -44,6 +45,14 @@ class _Vocabulary(StrEnum):
         return out
 
 
+# other spellings users type (llama.cpp says f16, numpy says float16) -> the canonical value
+ALIASES: dict[str, dict[str, str]] = {
+    "Precision": {"f32": "fp32", "float32": "fp32", "f16": "fp16", "float16": "fp16",
+                  "bfloat16": "bf16", "int8_dynamic": "int8-dynamic", "int8_weights": "int8-weights"},
+    "Format": {"ir": "openvino", "litert": "tflite"},
+}
+
+
 class Format(_Vocabulary):
     """Artifact formats edgekit writes and runs."""
 
@@ -54,13 +63,24 @@ class Format(_Vocabulary):
 
 
 class Precision(_Vocabulary):
-    """Numeric precision of an artifact's weights (and activations, for static int8)."""
+    """Numeric precision of an artifact's weights (and activations, for static int8).
+
+    Each converter declares the subset it supports; the ``q*`` members are llama.cpp's GGUF
+    quantization types.
+    """
 
     FP32 = "fp32"
     FP16 = "fp16"
+    BF16 = "bf16"
     INT8_DYNAMIC = "int8-dynamic"  # int8 weights, activations quantized on the fly
     INT8 = "int8"  # static: int8 weights and calibrated int8 activations
+    INT8_WEIGHTS = "int8-weights"  # weight-only int8, float activations
     INT4 = "int4"  # weight-only 4-bit, block-wise
+    Q8_0 = "q8_0"
+    Q4_0 = "q4_0"
+    Q4_K_M = "q4_k_m"
+    Q5_K_M = "q5_k_m"
+    Q6_K = "q6_k"
 
 
 class Device(_Vocabulary):

@@ -6,7 +6,6 @@ agreement for logits. With labelled data, the task metric (accuracy) and its del
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -20,7 +19,6 @@ if TYPE_CHECKING:
     from edgekit.sources import ModelSource
 
 Feed = dict[str, np.ndarray]
-RunFn = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
 
 # precision -> tolerance; only gated precisions fail a conversion, the others report figures
 TOLERANCES: dict[Precision, dict[str, float]] = {
@@ -30,6 +28,20 @@ CLASSIFICATION_TASKS = {"text-classification", "image-classification", "token-cl
                         "text-generation", "fill-mask"}
 
 
+EVAL_BATCH = 64
+
+
+def eval_feeds(evaluation: EvalSet | None) -> list[Feed]:
+    """The labelled data in the batches both the original and the artifact are run on."""
+    return list(evaluation.data.batches(EVAL_BATCH)) if evaluation is not None else []
+
+
+def accuracy(outputs: list[dict[str, np.ndarray]], labels: np.ndarray, output: str) -> float:
+    """Top-1 accuracy of per-batch ``outputs`` against ``labels``."""
+    preds = [np.asarray(o[output]).reshape(len(o[output]), -1).argmax(-1) for o in outputs]
+    return float((np.concatenate(preds) == labels).mean())
+
+
 @dataclass(frozen=True)
 class Reference:
     """Inputs and the original model's outputs on them, computed once per conversion."""
@@ -37,6 +49,7 @@ class Reference:
     feeds: list[Feed]
     outputs: list[dict[str, np.ndarray]]
     top1_outputs: frozenset[str]
+    evaluation: EvalSet | None = None
     eval_accuracy: float | None = None
 
     @classmethod
@@ -45,15 +58,16 @@ class Reference:
         outs = [source.reference(f) for f in feeds]
         top1 = frozenset(n for n in source.output_names
                          if n == "logits" or source.task in CLASSIFICATION_TASKS)
-        acc = accuracy(source.reference, evaluation, source.output_names[0]) if evaluation else None
-        return cls(feeds, outs, top1, acc)
+        acc = None
+        if evaluation is not None:
+            acc = accuracy([source.reference(f) for f in eval_feeds(evaluation)], evaluation.labels,
+                           source.output_names[0])
+        return cls(feeds, outs, top1, evaluation, acc)
 
-
-def accuracy(run: RunFn, evaluation: EvalSet, output: str, batch: int = 64) -> float:
-    """Top-1 accuracy of ``run`` on labelled data."""
-    preds = [np.asarray(run(b)[output]).reshape(len(next(iter(b.values()))), -1).argmax(-1)
-             for b in evaluation.data.batches(batch)]
-    return float((np.concatenate(preds) == evaluation.labels).mean())
+    @property
+    def all_feeds(self) -> list[Feed]:
+        """Every input the artifact must be run on: parity feeds, then evaluation batches."""
+        return self.feeds + eval_feeds(self.evaluation)
 
 
 def _rows(a: np.ndarray) -> np.ndarray:
@@ -61,10 +75,10 @@ def _rows(a: np.ndarray) -> np.ndarray:
     return a.reshape(a.shape[0], -1) if a.ndim > 1 else a.reshape(1, -1)
 
 
-def compare(ref: Reference, run: RunFn, precision: Precision, evaluation: EvalSet | None = None,
+def compare(ref: Reference, got_all: list[dict[str, np.ndarray]], precision: Precision,
             device: str = "cpu") -> Verification:
-    """Run every reference feed through ``run`` and compare outputs with the original's."""
-    got = [run(f) for f in ref.feeds]
+    """Compare the artifact's outputs on ``ref.all_feeds`` (in order) with the original's."""
+    got, eval_got = got_all[: len(ref.feeds)], got_all[len(ref.feeds):]
     parity = []
     tol = TOLERANCES.get(precision)
     failed: str | None = None
@@ -88,11 +102,11 @@ def compare(ref: Reference, run: RunFn, precision: Precision, evaluation: EvalSe
             if p.max_abs_err > limit or p.min_cosine < tol["min_cosine"]:
                 failed = name
     metric = None
-    if evaluation is not None and ref.eval_accuracy is not None:
-        value = accuracy(run, evaluation, next(iter(ref.outputs[0])))
+    if ref.evaluation is not None and ref.eval_accuracy is not None:
+        value = accuracy(eval_got, ref.evaluation.labels, next(iter(ref.outputs[0])))
         metric = {"name": "accuracy", "value": value, "reference": ref.eval_accuracy,
-                  "delta": value - ref.eval_accuracy, "samples": int(len(evaluation.labels)),
-                  "data": evaluation.data.origin}
+                  "delta": value - ref.eval_accuracy, "samples": int(len(ref.evaluation.labels)),
+                  "data": ref.evaluation.data.origin}
     return Verification(
         samples=sum(len(next(iter(f.values()))) for f in ref.feeds),
         outputs=tuple(parity), passed=failed is None, gated=tol is not None,

@@ -178,7 +178,7 @@ def test_cli_on_missing_artifact_exits_1(tmp_path: Path) -> None:
     ({"targets": ["tensorrt"]}, "unknown format 'tensorrt'", "use one of: onnx, openvino, tflite, gguf"),
     ({"targets": "onnx,coreml"}, "unknown format 'coreml'", "use one of: onnx, openvino, tflite, gguf"),
     ({"precisions": ["fp32", "int3"]}, "unknown precision 'int3'",
-     "use one of: fp32, fp16, int8-dynamic, int8, int4"),
+     "use one of: " + ", ".join(p.value for p in Precision)),
 ])
 def test_unknown_target_or_precision_lists_valid_values(model: nn.Module, tmp_path: Path, kwargs: dict,
                                                         problem: str, valid: str) -> None:
@@ -191,7 +191,7 @@ def test_unknown_target_or_precision_lists_valid_values(model: nn.Module, tmp_pa
 
 @pytest.mark.parametrize("args,problem,valid", [
     (["--to", "tensorrt"], "unknown format 'tensorrt'", "onnx, openvino, tflite, gguf"),
-    (["--precision", "fp32,int3"], "unknown precision 'int3'", "fp32, fp16, int8-dynamic, int8, int4"),
+    (["--precision", "fp32,int3"], "unknown precision 'int3'", ", ".join(p.value for p in Precision)),
 ])
 def test_cli_unknown_target_or_precision_exits_2(tmp_path: Path, args: list[str], problem: str,
                                                  valid: str) -> None:

@@ -56,17 +56,36 @@ class Aborting(OrtModel):
 '''
 
 
-def test_a_crashing_runtime_becomes_a_row_not_a_dead_caller(cnn_artifacts: dict, tmp_path: Path,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    # a third-party runtime, registered through the entry-point group like a real plugin
+@pytest.fixture
+def aborting_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A third-party runtime, registered through the entry-point group like a real plugin."""
     (tmp_path / "aborting_rt.py").write_text(textwrap.dedent(PLUGIN))
     dist = tmp_path / "aborting_rt-0.1.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: aborting-rt\nVersion: 0.1\n")
     (dist / "entry_points.txt").write_text("[edgekit.runtimes]\naborting = aborting_rt\n")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), *sys.path]))
-    r = edgekit.benchmark(cnn_artifacts["fp32"].path, runtime="aborting", runs=5, isolated=True)
+    return "aborting"
+
+
+def test_a_crashing_runtime_becomes_a_row_not_a_dead_caller(cnn_artifacts: dict, aborting_plugin: str) -> None:
+    r = edgekit.benchmark(cnn_artifacts["fp32"].path, runtime=aborting_plugin, runs=5, isolated=True)
     assert r.status == "crashed" and "SIGABRT" in r.reason
+
+
+def test_run_isolated_matches_in_process_and_survives_a_crash(cnn_artifacts: dict, aborting_plugin: str) -> None:
+    from edgekit.isolation import run_isolated
+
+    path = cnn_artifacts["int8"].path
+    feeds = [{"pixels": np.random.default_rng(i).standard_normal((2, 3, 16, 16)).astype(np.float32)}
+             for i in range(3)]
+    got, sig = run_isolated(path, feeds)
+    with edgekit.load(path) as m:
+        for feed, out in zip(feeds, got):
+            np.testing.assert_array_equal(out["logits"], m.run(feed)["logits"])
+    assert sig.input_names == ["pixels"]
+    with pytest.raises(edgekit.RuntimeFailure, match="crashed \\(SIGABRT\\)"):
+        run_isolated(path, feeds, runtime=aborting_plugin)
 
 
 def test_in_process_failure_is_a_row(tmp_path: Path) -> None:

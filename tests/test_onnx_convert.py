@@ -140,3 +140,11 @@ def test_eval_data_reports_accuracy_delta(cnn: torch.nn.Module, tmp_path) -> Non
     metric = art.verification.metric
     assert metric["name"] == "accuracy" and metric["reference"] == pytest.approx(0.75)
     assert metric["value"] == pytest.approx(0.75) and metric["delta"] == pytest.approx(0.0)
+
+
+def test_precision_outside_the_format_is_refused_before_work(cnn: torch.nn.Module, tmp_path) -> None:
+    with pytest.raises(edgekit.ConfigError) as info:
+        edgekit.convert(cnn, (torch.randn(2, 3, 16, 16),), precisions=["f16", "q4_k_m"], out=tmp_path / "o")
+    assert info.value.problem == "onnx does not support precision(s) q4_k_m"
+    assert info.value.fix == "onnx supports: fp32, fp16, int8-dynamic, int8, int4"
+    assert not (tmp_path / "o").exists()
