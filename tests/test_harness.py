@@ -93,3 +93,10 @@ def test_in_process_failure_is_a_row(tmp_path: Path) -> None:
     bad.write_bytes(b"not a model")
     r = edgekit.benchmark(bad)
     assert r.status == "failed" and "cannot load broken.onnx" in r.reason
+
+
+def test_isolated_peak_rss_is_the_childs_own(cnn_artifacts: dict) -> None:
+    ballast = np.ones(400 * 2**20 // 8)  # 400 MB resident in the calling process
+    r = edgekit.benchmark(cnn_artifacts["fp32"].path, runs=10, warmup=1, isolated=True)
+    assert ballast.sum() > 0
+    assert 10 < r.peak_rss_mb < 300, r.peak_rss_mb  # a forked child must not inherit the parent's peak
