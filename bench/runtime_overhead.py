@@ -6,7 +6,7 @@ Two small models are built here with torch and converted with ``edgekit.convert`
 * ``mlp-50us`` a 3-layer 512-wide MLP, ~50 us per call at batch 1
 
 For each, the same ``.onnx`` file is opened twice in this process: once through
-``edgekit.load(path, threads=T)`` and once as a bare ``onnxruntime.InferenceSession`` with the same
+``edgekit.load(path, runtime="onnxruntime", threads=T)`` and once as a bare ``onnxruntime.InferenceSession`` with the same
 session options edgekit uses (``intra_op_num_threads=T``, ``inter_op_num_threads=1``, all graph
 optimizations, CPU provider). After a warm-up, the two sides run in alternating blocks of
 ``--block`` calls in ABBA order (edgekit block, bare block, bare block, edgekit block, ...), so
@@ -18,10 +18,11 @@ spinning workers steal the other's cores (``--block 1`` shows it).
 Reported per model: p50 of each side, the ratio edgekit/bare, the absolute p50 overhead
 (p50 edgekit - p50 bare) and the median over block pairs of (block median edgekit - block
 median bare), against the targets (overhead <= 5 % of the call on the ~1 ms model, <= 15 us on
-the ~50 us model). Two diagnostics: the same comparison on edgekit's *own* session
-(``ek.run(feed)`` vs ``ek._session.run(None, feed)``, call by call ABBA: no second session at
-all), and edgekit's pure Python wrapper cost, ``Model.run`` over a stub session that returns
-precomputed outputs.
+the ~50 us model). Three diagnostics: an A/A control (the bare session against a second bare
+session, same protocol: the noise floor of comparing two sessions here), the same comparison on
+edgekit's *own* session (``ek.run(feed)`` vs ``ek._session.run(None, feed)``, call by call ABBA:
+no second session at all), and edgekit's pure Python wrapper cost, ``Model.run`` over a stub
+session that returns precomputed outputs.
 
     .venv/bin/python bench/runtime_overhead.py              # table, JSON saved in bench/results/
     .venv/bin/python bench/runtime_overhead.py --json -     # also print the JSON
@@ -152,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="measuring time per model, edgekit vs bare session (default 20)")
     ap.add_argument("--same-session-seconds", type=float, default=6.0,
                     help="measuring time per model for the same-session diagnostic, 0 to skip (default 6)")
+    ap.add_argument("--control-seconds", type=float, default=8.0,
+                    help="measuring time per model for the A/A control (bare vs a second bare session), "
+                    "0 to skip (default 8)")
     ap.add_argument("--min-calls", type=int, default=2000, help="at least this many calls per side (default 2000)")
     ap.add_argument("--max-calls", type=int, default=200000, help="at most this many calls per side (default 200000)")
     ap.add_argument("--models", default="cnn-1ms,mlp-50us", help="comma-separated subset of cnn-1ms,mlp-50us")
@@ -185,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
             convert_s = time.perf_counter() - t0
             art = arts[0]
             feed = {"x": x.numpy()}
-            ek = edgekit.load(art.path, threads=args.threads)
+            ek = edgekit.load(art.path, runtime="onnxruntime", threads=args.threads)
             bare = bare_session(art.path, args.threads)
             out_ek = ek.run(feed)
             out_bare = bare.run(None, feed)
@@ -215,6 +219,22 @@ def main(argv: list[str] | None = None) -> int:
                 "block_paired_median_diff_us": round(float(np.median(blocks)) / 1e3, 2),
                 "max_abs_output_diff": max_diff,
             }
+            if args.control_seconds > 0:
+                # A/A control: two bare sessions on the same file, same protocol: the noise floor
+                # of comparing two sessions on this machine
+                bare2 = bare_session(art.path, args.threads)
+
+                def bare2_call() -> Any:
+                    return bare2.run(None, feed)  # noqa: B023
+
+                ca, cb, cblocks = interleave(bare_call, bare2_call, block=args.block, warmup=args.warmup,
+                                             seconds=args.control_seconds, min_pairs=args.min_calls // 2,
+                                             max_pairs=max(1, args.max_calls // args.block))
+                row.update({"control_calls": int(len(ca)), "control_p50_bare1_us": round(p50_us(ca), 2),
+                            "control_p50_bare2_us": round(p50_us(cb), 2),
+                            "control_diff_us": round(p50_us(ca) - p50_us(cb), 2),
+                            "control_block_paired_median_diff_us": round(float(np.median(cblocks)) / 1e3, 2)})
+                del bare2
             if args.same_session_seconds > 0:
                 # the same ORT session under both sides: no cross-session thread-pool interference
                 sess = ek._session
@@ -266,15 +286,18 @@ def main(argv: list[str] | None = None) -> int:
 
 def table(rows: list[dict[str, Any]]) -> str:
     head = ("| model | calls/side | p50 bare ORT (us) | p50 edgekit (us) | ratio | p50 overhead (us) | "
-            "overhead % | block-paired median diff (us) | same-session overhead (us) | "
-            "edgekit Python cost (us) | target | met |")
+            "overhead % | block-paired median diff (us) | A/A control: bare vs bare p50 diff (us) | "
+            "same-session overhead (us) | edgekit Python cost (us) | target | met |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
+
+    def opt(r: dict[str, Any], key: str) -> str:
+        return "-" if r.get(key) is None else f"{r[key]:+.1f}"
+
     for r in rows:
-        same = r.get("same_session_overhead_us")
         lines.append(f"| {r['model']} | {r['calls_per_side']} | {r['p50_bare_us']:.1f} | {r['p50_edgekit_us']:.1f} | "
                      f"{r['ratio']:.3f} | {r['overhead_us']:+.1f} | {r['overhead_pct']:+.1f} % | "
-                     f"{r['block_paired_median_diff_us']:+.1f} | "
-                     f"{'-' if same is None else f'{same:+.1f}'} | {r['edgekit_python_cost_us']:.1f} | "
+                     f"{r['block_paired_median_diff_us']:+.1f} | {opt(r, 'control_diff_us')} | "
+                     f"{opt(r, 'same_session_overhead_us')} | {r['edgekit_python_cost_us']:.1f} | "
                      f"{r['target']} | {'yes' if r['target_met'] else 'NO'} |")
     return "\n".join(lines)
 

@@ -10,9 +10,9 @@
    bug, the conversion is retried once with two >128-token example texts; the JSON records it.)
 3. In ONE process, PyTorch eager fp32 (``transformers.AutoModel`` from the same directory,
    ``torch.inference_mode``, ``torch.set_num_threads(T)``) and every ONNX variant through
-   ``edgekit.load(path, threads=T).run(feed)`` are timed round-robin: each round runs a block of
-   ``--block`` calls per variant, the variant order rotating from round to round, every call timed
-   on its own. Input: batch 1, one real held-out paragraph tokenized and truncated to 128 tokens.
+   ``edgekit.load(path, runtime="onnxruntime", threads=T).run(feed)`` are timed round-robin:
+   each round runs a block of ``--block`` calls per variant, the variant order rotating from
+   round to round, every call timed on its own. Input: batch 1, one real held-out paragraph tokenized and truncated to 128 tokens.
 4. Embedding parity on the held-out sentences: mean pooling over the attention mask, L2
    normalised, cosine vs PyTorch eager's embedding of the same sentence.
 
@@ -195,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     tok = AutoTokenizer.from_pretrained(str(args.model), local_files_only=True)
     pt = AutoModel.from_pretrained(str(args.model), local_files_only=True).eval()
-    models = {p: edgekit.load(path, threads=args.threads) for p, path in paths.items()}
+    models = {p: edgekit.load(path, runtime="onnxruntime", threads=args.threads)
+              for p, path in paths.items()}
     names = [s.name for s in next(iter(models.values())).signature.inputs]
     enc = tok([latency_doc], padding="max_length", truncation=True, max_length=128, return_tensors="np")
     feed = {n: enc[n].astype(np.int64) for n in names}

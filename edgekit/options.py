@@ -17,6 +17,8 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
     if not isinstance(value, str):
         return value
     text = value.strip()
+    if typing.get_origin(hint) is tuple:  # "a,b" -> ("a", "b"); checked first: its args are (str, ...)
+        return tuple(t.strip() for t in text.split(",") if t.strip())
     args = typing.get_args(hint)
     kinds = [a for a in args if a is not type(None)] or [hint]
     if text.lower() in ("none", "null") and type(None) in args:
@@ -33,7 +35,7 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
             except ValueError:
                 continue
         elif typing.get_origin(kind) is tuple:
-            return tuple(t for t in text.split(",") if t)
+            return tuple(t.strip() for t in text.split(",") if t.strip())
         elif kind is str:
             return text
     raise ConfigError(f"option {name}={value!r} is not a valid {hint}", fix=f"give {name} a {hint}")

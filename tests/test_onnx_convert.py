@@ -148,3 +148,25 @@ def test_precision_outside_the_format_is_refused_before_work(cnn: torch.nn.Modul
     assert info.value.problem == "onnx does not support precision(s) q4_k_m"
     assert info.value.fix == "onnx supports: fp32, fp16, int8-dynamic, int8, int4"
     assert not (tmp_path / "o").exists()
+
+
+def test_calibration_longer_than_the_example_sequence(encoder: torch.nn.Module, tmp_path) -> None:
+    # a HF text model's examples are padded to their own length, its calibration text to 128
+    np.savez(tmp_path / "calib.npz", **text_batch(8, seq=24, seed=4))
+    axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"}}
+    (art,) = edgekit.convert(encoder, text_batch(2, seq=10), precisions=["fp32"], out=tmp_path / "o",
+                             dynamic_axes=axes, calib=tmp_path / "calib.npz", output_names=["logits"])
+    assert art.verification.passed and art.verification.samples == 2 + 8
+    assert art.verification.outputs[0].top1_agreement == 1.0
+
+
+def test_tuple_options_from_the_command_line_are_split() -> None:
+    from edgekit.converters.onnx import OnnxOptions
+    from edgekit.options import parse_options
+
+    opts = parse_options(OnnxOptions, {"int8_op_types": "MatMul, Gemm", "nodes_to_exclude": "a,b",
+                                       "int4_accuracy_level": "4", "opset": "none", "per_channel": "false"})
+    assert opts.int8_op_types == ("MatMul", "Gemm") and opts.nodes_to_exclude == ("a", "b")
+    assert (opts.int4_accuracy_level, opts.opset, opts.per_channel) == (4, None, False)
+    with pytest.raises(edgekit.ConfigError, match="int4_block_size"):
+        parse_options(OnnxOptions, {"int4_block_size": "many"})
