@@ -44,9 +44,15 @@ class Artifact:
                 "verification": self.verification.to_dict() if self.verification else None}
 
 
-def _default_precisions(has_calibration: bool) -> list[Precision]:
-    return [Precision.FP32, Precision.INT8 if has_calibration else Precision.INT8_DYNAMIC,
-            Precision.INT4]
+# tasks whose models are transformers over tokens: static int8 (calibrated activations) costs
+# them accuracy (all-MiniLM-L6-v2: embedding cosine 0.927 static vs 0.992 dynamic, docs/benchmarks.md)
+TEXT_TASKS = {"text-classification", "feature-extraction", "text-generation", "token-classification",
+              "fill-mask"}
+
+
+def _default_precisions(has_calibration: bool, task: str | None) -> list[Precision]:
+    static = has_calibration and task not in TEXT_TASKS
+    return [Precision.FP32, Precision.INT8 if static else Precision.INT8_DYNAMIC, Precision.INT4]
 
 
 def _safe_name(name: str) -> str:
@@ -101,7 +107,7 @@ def convert(
                             dynamic_axes=dynamic_axes, weights=weights, seq_len=seq_len)
     calibration = load_calibration(calib, source) if calib is not None else source.calibration
     evaluation = load_eval(eval_data, source) if eval_data is not None else source.evaluation
-    precisions_ = wanted or _default_precisions(calibration is not None)
+    precisions_ = wanted or _default_precisions(calibration is not None, source.task)
     for conv in converters:
         needing = [p.value for p in precisions_ if conv.needs_calibration(p)]
         if needing and calibration is None:
@@ -123,7 +129,7 @@ def convert(
         for conv in converters:
             work = stage / f"work-{conv.format.value}"
             work.mkdir()
-            ctx = BuildContext(source, opts[conv.format], work, calibration, progress)
+            ctx = BuildContext(source, opts[conv.format], work, calibration, progress, evaluation)
             t0 = time.perf_counter()
             try:
                 base = conv.export(ctx)
