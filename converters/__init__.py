@@ -18,7 +18,7 @@ from edgekit.registry import Registry
 from edgekit.types import Format, Precision
 
 if TYPE_CHECKING:
-    from edgekit.calib import CalibrationSet
+    from edgekit.calib import CalibrationSet, EvalSet
     from edgekit.sources import ModelSource
 
 ProgressFn = Callable[[str, int, "int | None"], None]
@@ -33,6 +33,7 @@ class BuildContext:
     workdir: Path
     calibration: CalibrationSet | None = None
     progress: ProgressFn | None = None
+    evaluation: EvalSet | None = None  # labelled data (--eval), for accuracy-aware quantization
 
     def report(self, task: str, done: int, total: int | None = None) -> None:
         if self.progress is not None:

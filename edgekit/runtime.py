@@ -196,7 +196,10 @@ def runtime_for(fmt: Format, runtime: str | None = None) -> type[Model]:
                               fix=f"it runs: {', '.join(f.value for f in cls.formats)}")
         candidates = [cls]
     else:
-        candidates = [cls for _, cls in RUNTIMES.items() if fmt in cls.formats]
+        # a runtime's first format is its own; one that also reads other formats (OpenVINO reads
+        # ONNX) comes after the native runtime of that format, whatever the discovery order
+        candidates = sorted((cls for _, cls in RUNTIMES.items() if fmt in cls.formats),
+                            key=lambda cls: cls.formats.index(fmt))
     if not candidates:
         raise ConfigError(f"no runtime is registered for {fmt.value} artifacts",
                           fix="install a plugin that registers one")
