@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from rich.markup import escape
 from rich.table import Table
 
 if TYPE_CHECKING:
@@ -49,7 +50,7 @@ def artifacts_table(artifacts: Iterable[Artifact]) -> Table:
         base = fp32.get(a.format)
         metric = v.metric if v else None
         t.add_row(
-            a.path.name if a.status != "failed" else f"{a.path.name}\n[red]{a.reason}[/]",
+            a.path.name if a.status != "failed" else f"{a.path.name}\n[red]{escape(a.reason or '')}[/]",
             _status(a.status), human_bytes(a.size_bytes or None),
             _f(a.size_bytes / base, "{:.2f}x") if base and a.size_bytes else "-",
             _f(max((o.max_abs_err for o in v.outputs), default=None), "{:.2e}") if v else "-",
@@ -70,7 +71,7 @@ def bench_table(results: Iterable[BenchResult]) -> Table:
         lat = r.latency
         name = r.artifact.rsplit("/", 1)[-1]
         t.add_row(
-            name if r.status == "ok" else f"{name}\n[red]{r.reason}[/]", _status(r.status),
+            name if r.status == "ok" else f"{name}\n[red]{escape(r.reason or '')}[/]", _status(r.status),
             f"{r.runtime or '-'}/{r.device or '-'}", human_bytes(r.size_bytes), _f(r.load_ms, "{:.1f}"),
             _f(r.first_ms), _f(lat.p50_ms if lat else None), _f(lat.p90_ms if lat else None),
             _f(lat.p99_ms if lat else None),
@@ -85,8 +86,8 @@ def signature_table(sig: Signature, title: str = "signature") -> Table:
         t.add_column(col)
     for kind, specs in (("input", sig.inputs), ("output", sig.outputs)):
         for s in specs:
-            t.add_row(kind, s.name, s.dtype, "[" + ", ".join(str(d) for d in s.shape) + "]",
-                      str(list(s.example_shape)) if s.example_shape else "-")
+            t.add_row(kind, escape(s.name), s.dtype, escape("[" + ", ".join(str(d) for d in s.shape) + "]"),
+                      escape(str(list(s.example_shape))) if s.example_shape else "-")
     return t
 
 
@@ -118,5 +119,5 @@ def manifest_table(m: Manifest) -> Table:
     if m.preprocess:
         rows.append(("preprocess", ", ".join(f"{k}" for k in m.preprocess)))
     for k, val in rows:
-        t.add_row(k, str(val))
+        t.add_row(k, escape(str(val)))
     return t

@@ -46,6 +46,7 @@ def test_inspect_shows_manifest(default_run: tuple[Path, dict]) -> None:
     assert data["precision"] == "int8" and data["signature"]["inputs"][0]["shape"] == ["batch", 1, 8, 8]
     text = CliRunner().invoke(main, ["inspect", str(out / "digits-cnn-int8.onnx")]).output
     assert "onnx / int8" in text and "accuracy" in text
+    assert "[batch, 1, 8, 8]" in text  # shapes are not swallowed as rich markup
 
 
 def test_run_with_input_file(default_run: tuple[Path, dict], tmp_path: Path) -> None:
