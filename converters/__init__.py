@@ -19,7 +19,10 @@ from edgekit.types import Format, Precision
 
 if TYPE_CHECKING:
     from edgekit.calib import CalibrationSet, EvalSet
+    from edgekit.manifest import Verification
     from edgekit.sources import ModelSource
+    from edgekit.types import Signature
+    from edgekit.verify import Reference
 
 ProgressFn = Callable[[str, int, "int | None"], None]
 
@@ -91,6 +94,14 @@ class Converter(ABC):
     @abstractmethod
     def build(self, base: Any, precision: Precision, stem: str, ctx: BuildContext) -> Built:
         """Write the ``precision`` variant as ``<stem><suffix>`` (plus companions) in ``ctx.workdir``."""
+
+    def verify(self, built: Built, precision: Precision, ctx: BuildContext,
+               reference: Reference) -> tuple[Verification, Signature] | None:
+        """Verify ``built`` this format's own way and return (verification, native signature), or
+        None for the generic check: every reference feed through ``edgekit.load``, each output
+        compared. A format whose outputs on padded reference feeds are not comparable (a causal
+        LM run one sequence at a time) overrides this."""
+        return None
 
 
 CONVERTERS: Registry[Format, type[Converter]] = Registry(

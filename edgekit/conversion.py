@@ -198,13 +198,17 @@ def _build_one(conv: Any, base: Any, precision: Precision, base_name: str, ctx: 
     seconds = time.perf_counter() - t0
     if ctx.progress:
         ctx.progress(f"verify {stem}", 0, 1)
-    feeds = reference.all_feeds
-    if conv.verify_isolated:  # a clean process that has not imported the converter's stack
-        got, native = run_isolated(built.model, feeds, device="cpu", **conv.verify_options)
+    custom = conv.verify(built, precision, ctx, reference)  # a format's own check, or None
+    if custom is not None:
+        verification, native = custom
     else:
-        with load(built.model, device="cpu", **conv.verify_options) as m:
-            got, native = [m.run(f) for f in feeds], m.signature
-    verification = compare(reference, got, precision, device="cpu")
+        feeds = reference.all_feeds
+        if conv.verify_isolated:  # a clean process that has not imported the converter's stack
+            got, native = run_isolated(built.model, feeds, device="cpu", **conv.verify_options)
+        else:
+            with load(built.model, device="cpu", **conv.verify_options) as m:
+                got, native = [m.run(f) for f in feeds], m.signature
+        verification = compare(reference, got, precision, device="cpu")
     signature = native.with_examples(ctx.source.example_inputs)
     size = sum(f.stat().st_size for f in built.files)
     files = [{"path": f.name, "sha256": sha256_file(f), "bytes": f.stat().st_size} for f in built.files]

@@ -21,6 +21,7 @@ from edgekit.sources import ModelSource
 TASKS: dict[str, tuple[str, str]] = {
     "ForSequenceClassification": ("text-classification", "logits"),
     "ForCausalLM": ("text-generation", "logits"),
+    "LMHeadModel": ("text-generation", "logits"),  # GPT2LMHeadModel; before "Model", which it also ends with
     "ForImageClassification": ("image-classification", "logits"),
     "ForTokenClassification": ("token-classification", "logits"),
     "ForMaskedLM": ("fill-mask", "logits"),
