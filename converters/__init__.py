@@ -26,6 +26,11 @@ if TYPE_CHECKING:
 
 ProgressFn = Callable[[str, int, "int | None"], None]
 
+# tasks whose models are transformers over tokens: static int8 (calibrated activations) costs
+# them accuracy (all-MiniLM-L6-v2: embedding cosine 0.927 static vs 0.992 dynamic, docs/benchmarks.md)
+TEXT_TASKS = frozenset({"text-classification", "feature-extraction", "text-generation",
+                        "token-classification", "fill-mask"})
+
 
 @dataclass
 class BuildContext:
@@ -86,6 +91,15 @@ class Converter(ABC):
 
     def needs_calibration(self, precision: Precision) -> bool:
         return False
+
+    def default_precisions(self, has_calibration: bool, task: str | None) -> list[Precision]:
+        """What ``edgekit convert`` builds when no precision is asked for: fp32, one int8 (static
+        when there is calibration data and the model is not a text transformer, else weight-only
+        or dynamic) and int4, each where this format supports it."""
+        static = has_calibration and task not in TEXT_TASKS
+        int8 = [Precision.INT8] if static else [Precision.INT8_DYNAMIC, Precision.INT8_WEIGHTS]
+        chosen = [Precision.FP32, next((p for p in int8 if p in self.precisions), None), Precision.INT4]
+        return [p for p in chosen if p is not None and p in self.precisions]
 
     @abstractmethod
     def export(self, ctx: BuildContext) -> Any:

@@ -103,6 +103,9 @@ class GgufConverter(Converter):
     distributions = ("torch", "transformers", "gguf", "llama_cpp_python")
     Options = GgufOptions
 
+    def default_precisions(self, has_calibration: bool, task: str | None) -> list[Precision]:
+        """llama.cpp's usual trio: f16 (the reference), q8_0 and q4_k_m."""
+        return [Precision.FP16, Precision.Q8_0, Precision.Q4_K_M]
     def check(self, precisions: list[Precision]) -> None:
         super().check(precisions)
         from edgekit.deps import require

@@ -44,17 +44,6 @@ class Artifact:
                 "verification": self.verification.to_dict() if self.verification else None}
 
 
-# tasks whose models are transformers over tokens: static int8 (calibrated activations) costs
-# them accuracy (all-MiniLM-L6-v2: embedding cosine 0.927 static vs 0.992 dynamic, docs/benchmarks.md)
-TEXT_TASKS = {"text-classification", "feature-extraction", "text-generation", "token-classification",
-              "fill-mask"}
-
-
-def _default_precisions(has_calibration: bool, task: str | None) -> list[Precision]:
-    static = has_calibration and task not in TEXT_TASKS
-    return [Precision.FP32, Precision.INT8 if static else Precision.INT8_DYNAMIC, Precision.INT4]
-
-
 def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-.") or "model"
 
@@ -107,9 +96,10 @@ def convert(
                             dynamic_axes=dynamic_axes, weights=weights, seq_len=seq_len)
     calibration = load_calibration(calib, source) if calib is not None else source.calibration
     evaluation = load_eval(eval_data, source) if eval_data is not None else source.evaluation
-    precisions_ = wanted or _default_precisions(calibration is not None, source.task)
+    plan = {c.format: wanted or c.default_precisions(calibration is not None, source.task)
+            for c in converters}
     for conv in converters:
-        needing = [p.value for p in precisions_ if conv.needs_calibration(p)]
+        needing = [p.value for p in plan[conv.format] if conv.needs_calibration(p)]
         if needing and calibration is None:
             raise CalibrationError(f"{', '.join(needing)} on {conv.format.value} needs calibration data",
                                    fix="pass --calib data.npz (or a text file for a HF text model), "
@@ -136,9 +126,10 @@ def convert(
             except EdgekitError as e:
                 if not keep_going:
                     raise
-                artifacts += [_failed(out_dir, base_name, conv, p, e) for p in precisions_]
+                artifacts += [_failed(out_dir, base_name, conv, p, e) for p in plan[conv.format]]
                 continue
             export_s = time.perf_counter() - t0
+            precisions_ = plan[conv.format]
             for i, precision in enumerate(precisions_):
                 if progress:
                     progress(f"build {conv.format.value}", i, len(precisions_))

@@ -170,3 +170,20 @@ def test_tuple_options_from_the_command_line_are_split() -> None:
     assert (opts.int4_accuracy_level, opts.opset, opts.per_channel) == (4, None, False)
     with pytest.raises(edgekit.ConfigError, match="int4_block_size"):
         parse_options(OnnxOptions, {"int4_block_size": "many"})
+
+
+def test_default_precisions_belong_to_each_format() -> None:
+    from edgekit.converters import CONVERTERS
+    from edgekit.types import Format, Precision
+
+    onnx_conv = CONVERTERS.get(Format.ONNX)()
+    assert onnx_conv.default_precisions(True, "image-classification") == [
+        Precision.FP32, Precision.INT8, Precision.INT4]
+    # text transformers get dynamic int8 even with calibration data (static costs them accuracy)
+    assert onnx_conv.default_precisions(True, "text-classification") == [
+        Precision.FP32, Precision.INT8_DYNAMIC, Precision.INT4]
+    assert onnx_conv.default_precisions(False, None)[1] is Precision.INT8_DYNAMIC
+    if Format.GGUF in CONVERTERS:
+        gguf_conv = CONVERTERS.get(Format.GGUF)()
+        assert gguf_conv.default_precisions(False, "text-generation") == [
+            Precision.FP16, Precision.Q8_0, Precision.Q4_K_M]
