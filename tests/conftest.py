@@ -100,3 +100,19 @@ def encoder_artifacts(encoder: nn.Module, tmp_path_factory: pytest.TempPathFacto
                            precisions=["fp32", "int8-dynamic", "int8", "int4"],
                            calib=tmp / "calib.npz", out=tmp)
     return {a.precision.value: a for a in arts}
+
+
+def install_runtime_plugin(tmp_path, monkeypatch: pytest.MonkeyPatch, module: str, source: str) -> None:
+    """Install ``source`` as module ``module`` of a third-party distribution whose entry point in
+    the ``edgekit.runtimes`` group names it, as a real plugin would; child processes find it."""
+    import os
+    import sys
+    import textwrap
+
+    (tmp_path / f"{module}.py").write_text(textwrap.dedent(source))
+    dist = tmp_path / f"{module}-0.1.dist-info"
+    dist.mkdir()
+    name = module.replace("_", "-")
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(f"[edgekit.runtimes]\n{module} = {module}\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), *sys.path]))

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +9,7 @@ import pytest
 
 import edgekit
 from edgekit.harness import MIN_RUNS, LatencyStats, time_calls
+from tests.conftest import install_runtime_plugin
 
 
 def test_stats_match_numpy() -> None:
@@ -59,12 +57,7 @@ class Aborting(OrtModel):
 @pytest.fixture
 def aborting_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     """A third-party runtime, registered through the entry-point group like a real plugin."""
-    (tmp_path / "aborting_rt.py").write_text(textwrap.dedent(PLUGIN))
-    dist = tmp_path / "aborting_rt-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: aborting-rt\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[edgekit.runtimes]\naborting = aborting_rt\n")
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), *sys.path]))
+    install_runtime_plugin(tmp_path, monkeypatch, "aborting_rt", PLUGIN)
     return "aborting"
 
 

@@ -15,7 +15,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +26,7 @@ import edgekit
 from edgekit.cli import main as cli
 from edgekit.errors import ArtifactError, DeviceUnavailableError, InputError, RuntimeFailure
 from edgekit.manifest import read_manifest
-from tests.conftest import text_batch
+from tests.conftest import install_runtime_plugin, text_batch
 from tests.test_sources import CALIB_TEXTS, LABELS, VOCAB, _tokenizer
 
 pytest.importorskip("litert_torch")
@@ -276,12 +275,7 @@ def aborting_runtime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
     from edgekit.runtimes import RUNTIMES
 
-    (tmp_path / "aborting_litert.py").write_text(textwrap.dedent(CRASHING))
-    dist = tmp_path / "aborting_litert-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: aborting-litert\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[edgekit.runtimes]\naborting = aborting_litert\n")
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), *sys.path]))
+    install_runtime_plugin(tmp_path, monkeypatch, "aborting_litert", CRASHING)
     monkeypatch.syspath_prepend(str(tmp_path))
     importlib.import_module("aborting_litert")
     yield "litert-aborting"
