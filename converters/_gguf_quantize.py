@@ -9,14 +9,12 @@ is an ``.npz`` of GGUF tensor name -> mean squared input activation per column.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 from edgekit.errors import QuantizationError
+from edgekit.isolation import run_child
 from edgekit.types import Precision
 
 # precision -> llama.cpp's llama_ftype (llama.h: LLAMA_FTYPE_MOSTLY_*)
@@ -34,24 +32,18 @@ def quantize(src: Path, dst: Path, precision: Precision, *, threads: int | None 
     """Quantize ``src`` into ``dst`` with llama.cpp in a fresh process; return its report."""
     job = {"src": str(src), "dst": str(dst), "ftype": FTYPES[precision], "nthread": threads or 0,
            "imatrix": str(imatrix) if imatrix else None}
-    try:
-        proc = subprocess.run([sys.executable, "-m", "edgekit.converters._gguf_quantize"], input=json.dumps(job),
-                              capture_output=True, text=True, timeout=timeout,
-                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    except subprocess.TimeoutExpired as e:
+    child = run_child("edgekit.converters._gguf_quantize", job, timeout)
+    if child.timed_out:
         raise QuantizationError(f"llama.cpp's quantizer gave no result within {timeout:.0f} s",
-                                fix="quantize a smaller model, or give it more threads") from e
-    if proc.returncode < 0:
-        name = signal.Signals(-proc.returncode).name
-        tail = (proc.stderr.strip().splitlines() or [""])[-1]
-        raise QuantizationError(f"llama.cpp's quantizer crashed ({name}) on {precision.value}: {tail}".rstrip(": "),
+                                fix="quantize a smaller model, or give it more threads")
+    if child.signal:
+        raise QuantizationError(f"llama.cpp's quantizer crashed ({child.signal}) on {precision.value}: "
+                                f"{child.stderr_tail}".rstrip(": "),
                                 fix="try another precision; the calling process was not affected")
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    reply = json.loads(lines[-1]) if lines else {}
-    if proc.returncode != 0 or "error" in reply or not lines:
-        problem = reply.get("error") or (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise QuantizationError(f"llama.cpp could not quantize to {precision.value}: {problem}",
+    if not child.ok:
+        raise QuantizationError(f"llama.cpp could not quantize to {precision.value}: {child.problem()}",
                                 fix="check that the f16/f32 GGUF loads (edgekit run), or try another precision")
+    reply = child.reply
     return reply
 
 

@@ -8,10 +8,6 @@ measures in a fresh subprocess: cold start is real and a crash becomes a failed 
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgekit.errors import EdgekitError
+from edgekit.isolation import run_child
 
 if TYPE_CHECKING:
     from edgekit.runtime import Model
@@ -207,24 +204,17 @@ def _isolated(path: str | Path, inputs: Any, kwargs: dict[str, Any], timeout: fl
             np.savez(Path(tmp) / "inputs.npz", **{k: np.asarray(v) for k, v in inputs.items()})
             inputs = Path(tmp) / "inputs.npz"
         job = {"path": str(path), "inputs": str(inputs) if inputs is not None else None, **kwargs}
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        try:
-            proc = subprocess.run([sys.executable, "-m", "edgekit._bench_worker"], input=json.dumps(job),
-                                  capture_output=True, text=True, timeout=timeout, env=env)
-        except subprocess.TimeoutExpired:
-            return BenchResult(artifact=str(path), status="timeout", mode="isolated",
-                               reason=f"no result within {timeout:.0f} s")
-    if proc.returncode < 0:
-        name = signal.Signals(-proc.returncode).name
-        tail = proc.stderr.strip().splitlines()[-1:] if proc.stderr.strip() else []
+        child = run_child("edgekit._bench_worker", job, timeout)
+    if child.timed_out:
+        return BenchResult(artifact=str(path), status="timeout", mode="isolated",
+                           reason=f"no result within {timeout:.0f} s")
+    if child.signal:
         return BenchResult(artifact=str(path), status="crashed", mode="isolated",
-                           reason=f"the runtime killed the process with {name}" +
-                           (f": {tail[0]}" if tail else ""))
-    lines = [ln for ln in proc.stdout.strip().splitlines() if ln.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+                           reason=f"the runtime killed the process with {child.signal}" +
+                           (f": {child.stderr_tail}" if child.stderr_tail else ""))
+    if not child.ok:
         return BenchResult(artifact=str(path), status="failed", mode="isolated",
-                           reason=f"benchmark process exited with {proc.returncode}: {tail}")
-    result = BenchResult.from_dict(json.loads(lines[-1]))
+                           reason=f"benchmark process exited with {child.returncode}: {child.problem()}")
+    result = BenchResult.from_dict(child.reply)
     result.mode = "isolated"
     return result

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,39 @@ def _unpack(arrays: dict[str, np.ndarray], count: int) -> list[Feed]:
     return out
 
 
+@dataclass(frozen=True)
+class ChildResult:
+    """How a child interpreter ended: its last JSON line, or the signal that killed it."""
+
+    reply: dict[str, Any] | None
+    returncode: int
+    signal: str | None = None  # e.g. "SIGABRT" when a native library aborted the child
+    timed_out: bool = False
+    stderr_tail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0 and self.reply is not None and "error" not in self.reply
+
+    def problem(self) -> str:
+        """The child's own error message, or the last line it wrote to stderr."""
+        return (self.reply or {}).get("error") or self.stderr_tail or "no output"
+
+
+def run_child(module: str, job: dict[str, Any], timeout: float) -> ChildResult:
+    """Run ``python -m module`` with ``job`` as JSON on stdin; never raises for a dead child."""
+    try:
+        proc = subprocess.run([sys.executable, "-m", module], input=json.dumps(job), capture_output=True,
+                              text=True, timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    except subprocess.TimeoutExpired:
+        return ChildResult(None, -1, timed_out=True)
+    tail = (proc.stderr.strip().splitlines() or [""])[-1]
+    if proc.returncode < 0:
+        return ChildResult(None, proc.returncode, signal.Signals(-proc.returncode).name, stderr_tail=tail)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    return ChildResult(json.loads(lines[-1]) if lines else None, proc.returncode, stderr_tail=tail)
+
+
 def run_isolated(path: str | Path, feeds: list[Feed] | None = None, *, timeout: float = 600.0,
                  **load_options: Any) -> tuple[list[Feed], Signature]:
     """Load ``path`` in a new process, run each feed (or one synthesized feed when None), and
@@ -45,24 +79,18 @@ def run_isolated(path: str | Path, feeds: list[Feed] | None = None, *, timeout: 
             np.savez(feeds_path, **_pack(feeds))
         job = {"path": str(path), "feeds": str(feeds_path) if feeds is not None else None,
                "outputs": str(outs_path), "load": load_options}
-        try:
-            proc = subprocess.run([sys.executable, "-m", "edgekit._run_worker"], input=json.dumps(job),
-                                  capture_output=True, text=True, timeout=timeout,
-                                  env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        except subprocess.TimeoutExpired as e:
+        child = run_child("edgekit._run_worker", job, timeout)
+        if child.timed_out:
             raise RuntimeFailure(f"{Path(path).name} gave no result within {timeout:.0f} s in a clean process",
-                                 fix="check the model on a smaller input, or raise the timeout") from e
-        if proc.returncode < 0:
-            name = signal.Signals(-proc.returncode).name
-            raise RuntimeFailure(f"the runtime crashed ({name}) running {Path(path).name} in a clean process",
+                                 fix="check the model on a smaller input, or raise the timeout")
+        if child.signal:
+            raise RuntimeFailure(f"the runtime crashed ({child.signal}) running {Path(path).name} in a clean process",
                                  fix="this model cannot run in this runtime build: try another precision "
                                  "or runtime; the calling process was not affected")
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-        reply = json.loads(lines[-1]) if lines else {}
-        if proc.returncode != 0 or "error" in reply or not lines:
-            problem = reply.get("error") or (proc.stderr.strip().splitlines() or ["no output"])[-1]
-            raise RuntimeFailure(f"running {Path(path).name} in a clean process failed: {problem}",
-                                 fix=reply.get("fix") or "run it directly with `edgekit run` to see the error")
+        if not child.ok:
+            raise RuntimeFailure(f"running {Path(path).name} in a clean process failed: {child.problem()}",
+                                 fix=(child.reply or {}).get("fix") or "run it directly with `edgekit run` to see the error")
+        reply = child.reply
         with np.load(outs_path, allow_pickle=False) as z:
             outputs = _unpack({k: z[k] for k in z.files}, reply["count"])
         return outputs, Signature.from_dict(reply["signature"])
