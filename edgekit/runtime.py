@@ -186,7 +186,8 @@ def _merge_signature(native: Signature, manifest: Manifest | None) -> Signature:
 
 
 def runtime_for(fmt: Format, runtime: str | None = None) -> type[Model]:
-    """The runtime class for ``fmt``: the named one, or the first installed one that runs it."""
+    """The runtime class for ``fmt``: the named one, or the first installed one whose own format
+    it is (a runtime that also reads it, like OpenVINO for ONNX, only when asked by name)."""
     from edgekit.runtimes import RUNTIMES
 
     if runtime is not None:
@@ -194,12 +195,12 @@ def runtime_for(fmt: Format, runtime: str | None = None) -> type[Model]:
         if fmt not in cls.formats:
             raise ConfigError(f"runtime {runtime!r} does not run {fmt.value} artifacts",
                               fix=f"it runs: {', '.join(f.value for f in cls.formats)}")
-        candidates = [cls]
+        candidates = readers = [cls]
     else:
         # a runtime's first format is its own; one that also reads other formats (OpenVINO reads
-        # ONNX) comes after the native runtime of that format, whatever the discovery order
-        candidates = sorted((cls for _, cls in RUNTIMES.items() if fmt in cls.formats),
-                            key=lambda cls: cls.formats.index(fmt))
+        # ONNX) is used for them only when asked by name, or when no native runtime is registered
+        readers = [cls for _, cls in RUNTIMES.items() if fmt in cls.formats]
+        candidates = [cls for cls in readers if cls.formats[0] is fmt] or readers
     if not candidates:
         raise ConfigError(f"no runtime is registered for {fmt.value} artifacts",
                           fix="install a plugin that registers one")
@@ -209,9 +210,10 @@ def runtime_for(fmt: Format, runtime: str | None = None) -> type[Model]:
         if available(cls.module):
             return cls
     first = candidates[0]
+    others = [cls.name for cls in readers if cls not in candidates and available(cls.module)]
     raise MissingDependencyError(
         f"running {fmt.value} artifacts needs {first.module!r}, which is not installed",
-        fix=f"pip install 'edgekit[{first.extra}]'")
+        fix=f"pip install 'edgekit[{first.extra}]'" + (f", or load it with runtime={others[0]!r}" if others else ""))
 
 
 def load(path: str | Path, device: str = "cpu", *, runtime: str | None = None,

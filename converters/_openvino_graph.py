@@ -1,0 +1,111 @@
+"""Read-only facts about an ``openvino.Model`` graph, for manifests, tests and accuracy control.
+
+Everything here takes an ``ov.Model`` and returns plain data; nothing imports openvino at module
+level (the caller already has).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Any
+
+from edgekit.runtimes.openvino import AXES_KEY
+
+# operations that carry weights and that NNCF quantizes (activations via FakeQuantize, weights to int8)
+COMPUTE_OPS = frozenset({"Convolution", "GroupConvolution", "ConvolutionBackpropData",
+                         "GroupConvolutionBackpropData", "MatMul", "Gather"})
+# element types of low-precision weight constants, as OpenVINO names them
+LOW_BIT_TYPES = ("i8", "u8", "i4", "u4", "nf4", "f8e4m3", "f16")
+
+
+def op_counts(model: Any) -> dict[str, int]:
+    """Operation type -> count, sorted by type name."""
+    counts = Counter(op.get_type_name() for op in model.get_ops())
+    return dict(sorted(counts.items()))
+
+
+def weight_types(model: Any) -> dict[str, int]:
+    """Element type -> number of weight tensors stored in a low-precision type (compressed
+    weights are ``Constant(i8/u4/...) -> Convert -> ...``); float32 constants and zero points are
+    not counted."""
+    counts: Counter[str] = Counter()
+    for op in model.get_ops():
+        if op.get_type_name() != "Constant":
+            continue
+        etype = op.get_output_element_type(0).get_type_name()
+        if etype in LOW_BIT_TYPES and _size(op) > 1 and not _is_zero_point(op):
+            counts[etype] += 1
+    return dict(sorted(counts.items()))
+
+
+def _is_zero_point(const: Any) -> bool:
+    """A dequantization parameter, not a weight: compressed weights are
+    ``Constant(w) -> Convert -> [Subtract(zero point)] -> Multiply(scale)``; zero points and scales
+    enter the Subtract/Multiply at input 1 (directly or through their own Convert)."""
+    uses = [(t.get_node(), t.get_index()) for t in const.output(0).get_target_inputs()]
+    if uses and all(node.get_type_name() == "Convert" for node, _ in uses):
+        uses = [(t.get_node(), t.get_index()) for node, _ in uses for t in node.output(0).get_target_inputs()]
+    for node, index in uses:
+        kind = node.get_type_name()
+        if index == 1 and (kind == "Subtract" or (kind == "Multiply" and node.input_value(0).get_node()
+                                                  .get_type_name() in ("Convert", "Subtract"))):
+            return True
+    return False
+
+
+def _size(op: Any) -> int:
+    shape = op.get_output_partial_shape(0)
+    if shape.is_dynamic:
+        return 0
+    n = 1
+    for d in shape.to_shape():
+        n *= int(d)
+    return n
+
+
+def quantized_ops(model: Any) -> list[str]:
+    """Names of weight-bearing operations whose activation input comes through a FakeQuantize
+    (the ops NNCF runs in int8), in graph order."""
+    names = []
+    for op in model.get_ordered_ops():
+        if op.get_type_name() not in COMPUTE_OPS - {"Gather"}:
+            continue
+        if any(_through_fq(op.input_value(i).get_node()) for i in range(op.get_input_size())):
+            names.append(op.get_friendly_name())
+    return names
+
+
+def _through_fq(node: Any, depth: int = 3) -> bool:
+    """A FakeQuantize feeding ``node`` directly or through layout-only ops (Reshape, Transpose)."""
+    for _ in range(depth):
+        kind = node.get_type_name()
+        if kind == "FakeQuantize":
+            return True
+        if kind not in ("Reshape", "Transpose", "Convert", "Squeeze", "Unsqueeze") or not node.get_input_size():
+            return False
+        node = node.input_value(0).get_node()
+    return False
+
+
+def set_axis_names(model: Any, axes: dict[str, dict[int, str]]) -> None:
+    """Record ``{input: {axis: name}}`` in the model's rt_info, saved with the IR (OpenVINO has
+    no dimension names; the runtime reads them back to name the signature's dynamic axes)."""
+    model.set_rt_info(json.dumps({k: {str(a): n for a, n in v.items()} for k, v in axes.items()}), AXES_KEY)
+
+
+def module_paths(program: Any) -> dict[str, str]:
+    """torch.export node name -> the module that called it (``inner.encoder.layers.0.linear1``).
+
+    OpenVINO names the ops it converts from an ExportedProgram ``<node>/<aten op>/<OV op>``, so
+    the first part finds the module; ops that OpenVINO fused (a Convolution absorbing a
+    BatchNorm) carry a generated name and find none.
+    """
+    out: dict[str, str] = {}
+    for node in program.graph.nodes:
+        stack = node.meta.get("nn_module_stack") if node.op == "call_function" else None
+        if stack:
+            path = list(stack.values())[-1][0]
+            # edgekit wraps the user's module as ``inner`` (edgekit.sources.module.wrap)
+            out[node.name] = path.removeprefix("L['self'].").removeprefix("L__self__.").removeprefix("inner.")
+    return out
