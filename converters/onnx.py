@@ -7,11 +7,8 @@ weight-only ``MatMulNBits`` (and ``GatherBlockQuantized`` for embedding tables).
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +18,7 @@ import numpy as np
 from edgekit.converters import CONVERTERS, BuildContext, Built, Converter
 from edgekit.converters import _onnx_graph as graph
 from edgekit.errors import CalibrationError, ExportError, QuantizationError
+from edgekit.quiet import quiet as _quiet
 from edgekit.types import Format, Precision
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
@@ -67,6 +65,14 @@ class Base:
     gemm_rewritten: int
 
 
+# the exporter's and quantizers' loggers
+QUIET = ("onnxruntime", "onnxscript", "torch.onnx", "root")
+
+
+def quiet() -> AbstractContextManager[None]:
+    return _quiet(*QUIET)
+
+
 Builder = Callable[["OnnxConverter", Base, Path, BuildContext], tuple[str, dict[str, Any]]]
 BUILDERS: dict[Precision, Builder] = {}
 
@@ -77,22 +83,6 @@ def builder(precision: Precision) -> Callable[[Builder], Builder]:
         return fn
 
     return deco
-
-
-@contextlib.contextmanager
-def quiet() -> Iterator[None]:
-    """Exporters and quantizers print and warn freely; the library must not."""
-    loggers = [logging.getLogger(n) for n in ("onnxruntime", "onnxscript", "torch.onnx", "root")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
 
 
 @CONVERTERS.register(Format.ONNX)

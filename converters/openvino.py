@@ -13,11 +13,8 @@ an ``f32`` precision hint, and the manifest's ``runtime_hints`` tell the runtime
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +23,7 @@ import numpy as np
 
 from edgekit.converters import CONVERTERS, BuildContext, Built, Converter
 from edgekit.errors import CalibrationError, ConfigError, ExportError, QuantizationError
+from edgekit.quiet import quiet as _quiet
 from edgekit.types import Format, Precision
 
 PRESETS = ("performance", "mixed")
@@ -105,20 +103,9 @@ def builder(*precisions: Precision) -> Callable[[Builder], Builder]:
     return deco
 
 
-@contextlib.contextmanager
-def quiet() -> Iterator[None]:
-    """NNCF prints tables and progress bars and logs at INFO; OpenVINO and torch warn: the library must not."""
-    loggers = [logging.getLogger(n) for n in ("nncf", "openvino", "torch", "torch.export", "root")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
+def quiet() -> AbstractContextManager[None]:
+    """NNCF prints tables and progress bars and logs at INFO; OpenVINO and torch warn."""
+    return _quiet("nncf", "openvino", "torch", "torch.export", "root")
 
 
 def _message(e: BaseException) -> str:

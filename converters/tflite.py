@@ -20,10 +20,7 @@ manifest records every attempt (``conversion.attempts``) and the chosen ``route`
 from __future__ import annotations
 
 import contextlib
-import io
-import logging
 import os
-import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +31,7 @@ import numpy as np
 from edgekit.converters import CONVERTERS, BuildContext, Built, Converter
 from edgekit.converters import _tflite_export as tx
 from edgekit.errors import CalibrationError, ConfigError, EdgekitError, QuantizationError
+from edgekit.quiet import quiet as _quiet
 from edgekit.types import Format, Precision
 
 ROUTE_CHOICES = ("auto", "pt2e", "aeq")
@@ -119,20 +117,12 @@ def quiet() -> Iterator[None]:
     module and the raw file descriptors; the library must not print."""
     from edgekit.runtimes._litert_support import native_output
 
-    loggers = [logging.getLogger(n) for n in ("", "absl", "litert_torch", "torch", "torchao", "jax")]
-    levels = [lg.level for lg in loggers]
     env = os.environ.get("LITERT_TORCH_SHOW_PROGRESS")
     os.environ["LITERT_TORCH_SHOW_PROGRESS"] = "n"
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
-                contextlib.redirect_stderr(io.StringIO()), native_output():
-            warnings.simplefilter("ignore")
+        with _quiet("", "absl", "litert_torch", "torch", "torchao", "jax"), native_output():
             yield
     finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
         if env is None:
             os.environ.pop("LITERT_TORCH_SHOW_PROGRESS", None)
         else:
