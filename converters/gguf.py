@@ -261,6 +261,7 @@ def _masked_parity(m: Any, reference: Reference, max_rows: int) -> tuple[OutputP
     ``max_rows`` rows of the reference feeds (the calibration text is also scored, as a whole,
     by the perplexity check)."""
     from edgekit.manifest import OutputParity
+    from edgekit.perplexity import top1_agrees
 
     max_err, err_sum, count, cosines, agree, positions, rows = 0.0, 0.0, 0, [], 0, 0, 0
     for feed, ref in zip(reference.feeds, reference.outputs):
@@ -277,7 +278,7 @@ def _masked_parity(m: Any, reference: Reference, max_rows: int) -> tuple[OutputP
             max_err, err_sum, count = max(max_err, float(err.max())), err_sum + float(err.sum()), count + err.size
             den = np.linalg.norm(got, axis=1) * np.linalg.norm(exp, axis=1)
             cosines.append(np.where(den > 0, (got * exp).sum(1) / np.maximum(den, 1e-30), 1.0))
-            agree += int((got.argmax(-1) == exp.argmax(-1)).sum())
+            agree += int(top1_agrees(exp, got).sum())
             positions += int(real.sum())
     cos = np.concatenate(cosines) if cosines else np.ones(1)
     return OutputParity("logits", max_err, err_sum / max(count, 1), float(cos.mean()), float(cos.min()),

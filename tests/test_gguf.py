@@ -240,7 +240,23 @@ def test_perplexity_kl_and_top1_on_known_distributions() -> None:
     # KL(uniform || peaked) = -log V - (log 0.9 + (V - 1) log(0.1 / (V - 1))) / V
     kl = -np.log(vocab) - (np.log(0.9) + (vocab - 1) * np.log(0.1 / (vocab - 1))) / vocab
     assert s.kl_mean == pytest.approx(kl) and s.kl_max == pytest.approx(kl)
-    assert s.top1 < 0.5  # uniform's argmax is token 0, the peaked model's is the true next token
+    assert s.top1 == 1.0  # a uniform reference has no preference: every pick ties with its max
+
+    def biased(ids: np.ndarray) -> np.ndarray:  # prefers token 0 by a clear margin (1.0 >> the tie margin)
+        logits = np.zeros((len(ids), vocab))
+        logits[:, 0] = 1.0
+        return logits
+
+    s = score(peaked, tokens, window=16, reference=biased)
+    assert s.top1 == pytest.approx(np.mean([t == 0 for w in windows(tokens, 16) for t in w[1:]]))
+
+
+def test_top1_counts_only_real_disagreements() -> None:
+    from edgekit.perplexity import TIE_MARGIN, top1_agrees
+
+    ref = np.array([[2.0, 2.0 - TIE_MARGIN / 2, 0.0], [2.0, 1.0, 0.0]])
+    got = np.array([[0.0, 1.0, 0.0], [0.0, 1.0, 0.0]])  # picks token 1 on both rows
+    assert top1_agrees(ref, got).tolist() == [True, False]  # a near-tie flip, then a real miss
 
 
 def test_quantizer_failures_are_quantization_errors(tmp_path: Path) -> None:
