@@ -39,10 +39,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _common import (  # bench/ is on sys.path when run as a script
+    cpu_model,
+    eager_encoder,
+    text_feed,
+    torch_feed,
+)
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from text_model import _cpu_model, _long_examples, default_corpus, mean_pool, split_corpus  # noqa: E402
+from text_model import _long_examples, default_corpus, mean_pool, split_corpus  # noqa: E402
 
 PRECISIONS = ("fp32", "int8", "int4")
 FORMATS = {"onnx": ".onnx", "openvino": ".xml"}
@@ -227,14 +233,8 @@ def measure_variants(args: argparse.Namespace, paths: dict[str, Path], latency_d
         if key.startswith("openvino-") and key.split("-", 1)[1] in BF16_ROWS:
             models[key + "-bf16"] = edgekit.load(path, threads=args.threads, precision_hint="bf16")
     names = next(iter(models.values())).signature.input_names
-    enc = tok([latency_doc], padding="max_length", truncation=True, max_length=128, return_tensors="np")
-    feed = {n: enc[n].astype(np.int64) for n in names}
-    tfeed = {n: torch.from_numpy(v) for n, v in feed.items()}
-
-    def eager(f: dict[str, Any]) -> np.ndarray:
-        with torch.inference_mode():
-            return pt(**f).last_hidden_state.numpy()
-
+    feed = text_feed(tok, names, latency_doc)
+    tfeed, eager = torch_feed(feed), eager_encoder(pt)
     runners: dict[str, Any] = {"pytorch-eager": lambda: eager(tfeed)}
     for key, m in sorted(models.items()):
         runners[key] = (lambda m=m: m.run(feed))
@@ -356,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
         tools = compare_tools(irs, args.reps, args.tool_seconds, args.threads, args.warmup, args.quiet_share,
                               args.wait_quiet)
 
-    env = {"python": sys.version.split()[0], "platform": platform.platform(), "cpu": _cpu_model(),
+    env = {"python": sys.version.split()[0], "platform": platform.platform(), "cpu": cpu_model(),
            "cpus": os.cpu_count(), "openvino": ov.__version__, "nncf": nncf.__version__,
            "onnxruntime": ort.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
            "edgekit": edgekit.__version__, "ov_cpu_capabilities": ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"),

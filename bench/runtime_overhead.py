@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _common import cpu_model  # bench/ is on sys.path when run as a script
 
 HERE = Path(__file__).resolve().parent
 TARGETS = {"cnn-1ms": ("pct", 5.0), "mlp-50us": ("us", 15.0)}
@@ -261,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
 
     env = {
         "python": sys.version.split()[0], "platform": platform.platform(),
-        "cpu": _cpu_model(), "cpus": os.cpu_count(), "onnxruntime": ort.__version__,
+        "cpu": cpu_model(), "cpus": os.cpu_count(), "onnxruntime": ort.__version__,
         "torch": torch.__version__, "numpy": np.__version__, "edgekit": edgekit.__version__,
         "loadavg_before": [round(v, 2) for v in load_before], "loadavg_after": [round(v, 2) for v in load_after],
         "wall_s": round(time.perf_counter() - t_start, 1),
@@ -300,16 +301,6 @@ def table(rows: list[dict[str, Any]]) -> str:
                      f"{opt(r, 'same_session_overhead_us')} | {r['edgekit_python_cost_us']:.1f} | "
                      f"{r['target']} | {'yes' if r['target_met'] else 'NO'} |")
     return "\n".join(lines)
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 if __name__ == "__main__":

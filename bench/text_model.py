@@ -34,6 +34,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _common import (  # bench/ is on sys.path when run as a script
+    cpu_model,
+    eager_encoder,
+    text_feed,
+    torch_feed,
+)
 
 HERE = Path(__file__).resolve().parent
 PRECISIONS = ("fp32", "int8-dynamic", "int8", "int4")
@@ -198,14 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     models = {p: edgekit.load(path, runtime="onnxruntime", threads=args.threads)
               for p, path in paths.items()}
     names = [s.name for s in next(iter(models.values())).signature.inputs]
-    enc = tok([latency_doc], padding="max_length", truncation=True, max_length=128, return_tensors="np")
-    feed = {n: enc[n].astype(np.int64) for n in names}
-    tfeed = {n: torch.from_numpy(v) for n, v in feed.items()}
-
-    def eager(f: dict[str, Any]) -> np.ndarray:
-        with torch.inference_mode():
-            return pt(**f).last_hidden_state.numpy()
-
+    feed = text_feed(tok, names, latency_doc)
+    tfeed, eager = torch_feed(feed), eager_encoder(pt)
     runners: dict[str, Any] = {"pytorch-eager": lambda: eager(tfeed)}
     for p, m in models.items():
         runners[f"onnx-{p}"] = (lambda m=m: m.run(feed))
@@ -283,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         m.close()
 
     env = {
-        "python": sys.version.split()[0], "platform": platform.platform(), "cpu": _cpu_model(),
+        "python": sys.version.split()[0], "platform": platform.platform(), "cpu": cpu_model(),
         "cpus": os.cpu_count(), "onnxruntime": ort.__version__, "torch": torch.__version__,
         "transformers": transformers.__version__, "numpy": np.__version__, "edgekit": edgekit.__version__,
         "loadavg_before": [round(x, 2) for x in load_before],
@@ -295,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "text_model", "model": str(args.model), "corpus": str(corpus),
         "edgekit_bug_workarounds": workarounds,
         "calibration_sentences": len(calib), "holdout_sentences": len(holdout),
-        "latency_input": {"tokens": int(enc["attention_mask"].sum()), "seq_len": 128, "batch": 1,
+        "latency_input": {"tokens": int(feed["attention_mask"].sum()), "seq_len": 128, "batch": 1,
                           "inputs": names},
         "method": f"one process, {args.rounds} rounds x {args.block} calls per variant, order rotating "
                   "each round; p50 over all calls of a variant",
@@ -334,16 +334,6 @@ def table(rows: list[dict[str, Any]]) -> str:
                      f"{f('manifest_cos_mean', '.6f')} | {f('manifest_cos_worst', '.6f')} | "
                      f"{r['embedding_cos_mean']:.6f} | {r['embedding_cos_min']:.6f} |")
     return "\n".join(lines)
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 if __name__ == "__main__":

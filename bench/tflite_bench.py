@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _common import cpu_model  # bench/ is on sys.path when run as a script
 
 HERE = Path(__file__).resolve().parent
 PRECISIONS = ("fp32", "int8-dynamic", "int8")
@@ -344,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     results["tool"] = tool_rows
 
     results["env"] = {
-        "cpu": _cpu_model(), "cpus": os.cpu_count(), "python": sys.version.split()[0],
+        "cpu": cpu_model(), "cpus": os.cpu_count(), "python": sys.version.split()[0],
         "platform": platform.platform(), "threads": {k: v["threads"] for k, v in models.items()},
         "waited_for_quiet_s": waited,
         **{d: version(d) for d in ("edgekit", "ai-edge-litert", "litert-torch", "ai-edge-quantizer",
@@ -360,17 +361,6 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(results, indent=2, default=str) + "\n")
     print(render(results))
     return 0
-
-
-def _cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return platform.processor() or "unknown"
 
 
 def render(results: dict[str, Any]) -> str:

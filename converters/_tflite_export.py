@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgekit.errors import CalibrationError, ConfigError, ExportError
+from edgekit.options import parse_shapes as _parse_shapes
 from edgekit.runtimes._litert_support import InputPlan, OutputPlan, Plan
 
 if TYPE_CHECKING:
@@ -31,31 +32,9 @@ PAD_ATOL, PAD_RTOL, PAD_MIN_COSINE = 1e-4, 1e-3, 0.9999
 
 
 def parse_shapes(value: Mapping[str, Sequence[int]] | str | None) -> dict[str, tuple[int, ...]]:
-    """``{"input_ids": (1, 128)}`` or ``"input_ids=1x128,attention_mask=1x128"``."""
-    if value is None:
-        return {}
-    items: list[tuple[str, Any]] = []
-    if isinstance(value, str):
-        for part in filter(None, (p.strip() for p in value.replace(";", ",").split(","))):
-            name, sep, dims = part.partition("=")
-            if not sep:
-                raise ConfigError(f"input_shapes entry {part!r} is not NAME=DxD",
-                                  fix="write e.g. -O tflite.input_shapes=input_ids=1x128;attention_mask=1x128")
-            items.append((name.strip(), dims.lower().split("x")))
-    else:
-        items = list(value.items())
-    out = {}
-    for name, dims in items:
-        try:
-            shape = tuple(int(d) for d in dims)
-        except (TypeError, ValueError) as e:
-            raise ConfigError(f"input_shapes for {name!r} is not a list of sizes: {dims!r}",
-                              fix="give whole numbers, e.g. pixels=1x3x224x224") from e
-        if not shape or any(d < 1 for d in shape):
-            raise ConfigError(f"input_shapes for {name!r} has a size below 1: {list(shape)}",
-                              fix="give every axis a fixed size of at least 1")
-        out[name] = shape
-    return out
+    """``{"input_ids": (1, 128)}`` or ``"input_ids=1x128;attention_mask=1x128"``."""
+    return _parse_shapes(value, "input_shapes",
+                         "-O tflite.input_shapes=input_ids=1x128;attention_mask=1x128")
 
 
 @dataclass

@@ -61,3 +61,33 @@ def parse_options(cls: type[OptionsT], raw: Mapping[str, Any] | OptionsT | None)
 def options_dict(opts: Any) -> dict[str, Any]:
     """Options as plain JSON-able data for the manifest."""
     return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(opts).items()}
+
+
+def parse_shapes(value: Mapping[str, Any] | str | None, option: str, example: str
+                 ) -> dict[str, tuple[int, ...]]:
+    """``"input_ids=1x128,attention_mask=1x128"`` (``;`` also separates) or a mapping of name to
+    sizes -> ``{name: shape}``; every size a whole number of at least 1. ``option`` names the
+    setting in errors and ``example`` shows a valid value."""
+    if value is None:
+        return {}
+    items: list[tuple[str, Any]] = []
+    if isinstance(value, str):
+        for part in filter(None, (p.strip() for p in value.replace(";", ",").split(","))):
+            name, sep, dims = part.partition("=")
+            if not sep:
+                raise ConfigError(f"{option} entry {part!r} is not NAME=DxD", fix=f"write e.g. {example}")
+            items.append((name.strip(), dims.lower().split("x")))
+    else:
+        items = list(value.items())
+    out: dict[str, tuple[int, ...]] = {}
+    for name, dims in items:
+        try:
+            shape = tuple(int(d) for d in dims)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"{option} for {name!r} is not a list of sizes: {dims!r}",
+                              fix=f"give whole numbers, e.g. {example}") from e
+        if not shape or any(d < 1 for d in shape):
+            raise ConfigError(f"{option} for {name!r} has a size below 1: {list(shape)}",
+                              fix="give every axis a fixed size of at least 1")
+        out[name] = shape
+    return out

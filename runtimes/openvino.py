@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from edgekit.errors import ArtifactError, ConfigError, RuntimeFailure
+from edgekit.options import parse_shapes
 from edgekit.runtime import Model
 from edgekit.runtimes import RUNTIMES
 from edgekit.types import Device, Dim, Format, Signature, TensorSpec
@@ -47,33 +48,6 @@ PERFORMANCE_HINTS: dict[str, str] = {"latency": "LATENCY", "throughput": "THROUG
 # plugins that take the multi-device properties below through DEVICE_PROPERTIES
 COMPOSITE = ("AUTO", "MULTI", "HETERO")
 IR_SUFFIX = ".xml"
-
-
-def _parse_shapes(value: Mapping[str, Sequence[int]] | str) -> dict[str, tuple[int, ...]]:
-    """``{"input_ids": (1, 128)}`` or ``"input_ids=1x128,attention_mask=1x128"``."""
-    items: list[tuple[str, Any]]
-    if isinstance(value, str):
-        items = []
-        for part in value.split(","):
-            name, sep, dims = part.strip().partition("=")
-            if not sep:
-                raise ConfigError(f"static_shapes entry {part.strip()!r} is not NAME=DxD",
-                                  fix="write e.g. static_shapes='input_ids=1x128,attention_mask=1x128'")
-            items.append((name.strip(), dims.lower().split("x")))
-    else:
-        items = list(value.items())
-    out = {}
-    for name, dims in items:
-        try:
-            shape = tuple(int(d) for d in dims)
-        except (TypeError, ValueError) as e:
-            raise ConfigError(f"static shape for {name!r} is not a list of sizes: {dims!r}",
-                              fix="give whole numbers, e.g. {'input_ids': (1, 128)}") from e
-        if any(d < 1 for d in shape):
-            raise ConfigError(f"static shape for {name!r} has a size below 1: {list(shape)}",
-                              fix="give every axis a fixed size of at least 1")
-        out[name] = shape
-    return out
 
 
 @dataclass(frozen=True)
@@ -106,7 +80,7 @@ class OpenVinoRunOptions:
             raise ConfigError(f"num_streams must be at least 1, got {self.num_streams}",
                               fix="pass num_streams=1 or more, or leave it to the performance hint")
         if self.static_shapes is not None:
-            object.__setattr__(self, "static_shapes", _parse_shapes(self.static_shapes))
+            object.__setattr__(self, "static_shapes", parse_shapes(self.static_shapes, "static_shapes", "static_shapes='input_ids=1x128,attention_mask=1x128'"))
         if self.cache_dir is not None:
             object.__setattr__(self, "cache_dir", str(Path(self.cache_dir).expanduser()))
 

@@ -1,0 +1,47 @@
+"""Pieces every bench script shares: the host description and the eager PyTorch text runner."""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (what a result was measured on)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def text_feed(tokenizer: Any, names: Sequence[str], doc: str, max_length: int = 128
+              ) -> dict[str, np.ndarray]:
+    """One document padded to ``max_length`` tokens, keyed by the artifact's input names."""
+    enc = tokenizer([doc], padding="max_length", truncation=True, max_length=max_length,
+                    return_tensors="np")
+    return {n: enc[n].astype(np.int64) for n in names}
+
+
+def eager_encoder(model: Any) -> Callable[[dict[str, Any]], np.ndarray]:
+    """The eager PyTorch encoder as ``fn(torch_feed) -> last_hidden_state`` (inference mode)."""
+    import torch
+
+    def run(feed: dict[str, Any]) -> np.ndarray:
+        with torch.inference_mode():
+            return model(**feed).last_hidden_state.numpy()
+
+    return run
+
+
+def torch_feed(feed: dict[str, np.ndarray]) -> dict[str, Any]:
+    """The same arrays as torch tensors (shared memory), converted once outside the timed loop."""
+    import torch
+
+    return {n: torch.from_numpy(v) for n, v in feed.items()}
