@@ -164,14 +164,18 @@ def benchmark(path: str | Path, *, device: str = "cpu", runtime: str | None = No
               threads: int | None = None, inputs: Mapping[str, Any] | str | Path | None = None,
               batch: int = 1, dims: Mapping[str, int] | None = None, warmup: int = 10,
               runs: int | None = None, min_time: float = 2.0, isolated: bool = False,
-              timeout: float = 600.0, progress: ProgressFn | None = None) -> BenchResult:
+              timeout: float = 600.0, progress: ProgressFn | None = None,
+              options: Mapping[str, Any] | None = None) -> BenchResult:
     """Load and benchmark one artifact; never raises for a bad artifact, returns a failed row.
+
+    ``options`` are the runtime's own load options (e.g. ``{"static_shapes": "input_ids=1x128"}``
+    for OpenVINO), passed to :func:`edgekit.load` as keywords; in isolated mode they must be JSON.
 
     >>> r = edgekit.benchmark("out/digits-cnn-int8.onnx", isolated=True)  # doctest: +SKIP
     >>> r.latency.p50_ms  # doctest: +SKIP
     """
     kwargs = dict(device=device, runtime=runtime, threads=threads, batch=batch, dims=dict(dims or {}),
-                  warmup=warmup, runs=runs, min_time=min_time)
+                  warmup=warmup, runs=runs, min_time=min_time, options=dict(options or {}))
     if isolated:
         return _isolated(path, inputs, kwargs, timeout)
     from edgekit.runtime import load
@@ -179,7 +183,7 @@ def benchmark(path: str | Path, *, device: str = "cpu", runtime: str | None = No
     try:
         feed = _read_inputs(inputs)
         t = time.perf_counter_ns()
-        model = load(path, device=device, runtime=runtime, threads=threads)
+        model = load(path, device=device, runtime=runtime, threads=threads, **dict(options or {}))
         load_ms = (time.perf_counter_ns() - t) / 1e6
         with model:
             return measure_model(model, feed, warmup=warmup, runs=runs, min_time=min_time,

@@ -40,6 +40,19 @@ def test_isolated_benchmark_measures_in_a_fresh_process(cnn_artifacts: dict) -> 
     assert r.load_ms > 0 and r.first_ms > 0 and r.peak_rss_mb > 10
 
 
+
+@pytest.mark.parametrize("isolated", [False, True])
+def test_runtime_options_reach_the_runtime(cnn_artifacts: dict, isolated: bool) -> None:
+    """A static shape given as a load option fixes the benchmarked shape; a bad option is a row."""
+    path = cnn_artifacts["fp32"].path
+    r = edgekit.benchmark(path, runtime="openvino", runs=10, warmup=1, isolated=isolated, batch=3,
+                          options={"static_shapes": "pixels=3x3x16x16"})
+    assert r.status == "ok", r.reason
+    assert r.inputs == {"pixels": [3, 3, 16, 16]} and r.batch == 3
+    bad = edgekit.benchmark(path, runtime="openvino", runs=10, warmup=1, isolated=isolated,
+                            options={"static_shapes": "pixels"})
+    assert bad.status == "failed" and "NAME=DxD" in bad.reason
+
 PLUGIN = '''
 import os
 from edgekit.runtimes.onnxruntime import OrtModel
