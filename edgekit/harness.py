@@ -72,6 +72,8 @@ class BenchResult:
     throughput: float | None = None  # items per second (batch / mean latency)
     peak_rss_mb: float | None = None
     inputs: dict[str, list[int]] = field(default_factory=dict)
+    task: str | None = None  # set by a task benchmark (measure_task): latency is then end to end
+    stages: dict[str, LatencyStats] = field(default_factory=dict)  # preprocess, inference, postprocess
     schema: str = SCHEMA
 
     def to_dict(self) -> dict[str, Any]:
@@ -82,14 +84,16 @@ class BenchResult:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> BenchResult:
         lat = d.get("latency")
-        return cls(**{**d, "latency": LatencyStats(**lat) if lat else None})
+        stages = {k: LatencyStats(**v) for k, v in (d.get("stages") or {}).items()}
+        return cls(**{**d, "latency": LatencyStats(**lat) if lat else None, "stages": stages})
 
     def row(self) -> dict[str, Any]:
         """Flat view for tables and matrices: the latency fields inlined."""
         d = self.to_dict()
         lat = d.pop("latency") or {}
         d.pop("inputs", None)
-        return {**d, **lat}
+        stages = {f"{k}_p50_ms": v["p50_ms"] for k, v in (d.pop("stages", None) or {}).items()}
+        return {**d, **lat, **stages}
 
 
 def peak_rss_mb() -> float:
@@ -150,14 +154,52 @@ def measure_model(model: Model, inputs: Mapping[str, Any] | None = None, *, warm
     items = int(next(iter(checked.values())).shape[0]) if checked and next(iter(checked.values())).ndim else 1
     first, samples = time_calls(lambda: model.run(checked), warmup=warmup, runs=runs,
                                 min_time=min_time, progress=progress)
-    stats = LatencyStats.from_ns(samples)
+    return _row(model, LatencyStats.from_ns(samples), first, items, checked, load_ms)
+
+
+def _row(model: Model, stats: LatencyStats, first_ns: int, items: int, feed: Mapping[str, np.ndarray],
+         load_ms: float | None, **extra: Any) -> BenchResult:
+    """One ok row for a loaded model: where it came from, its statistics, this process's peak RSS."""
     m = model.manifest
     return BenchResult(
         artifact=str(model.path), format=model.format.value,
         precision=m.precision.value if m else None, runtime=model.name, device=model.device,
         threads=model.threads, batch=items, size_bytes=model.size_bytes, load_ms=load_ms,
-        first_ms=first / 1e6, latency=stats, throughput=items * 1000.0 / stats.mean_ms,
-        peak_rss_mb=peak_rss_mb(), inputs={k: list(v.shape) for k, v in checked.items()})
+        first_ms=first_ns / 1e6, latency=stats, throughput=items * 1000.0 / stats.mean_ms,
+        peak_rss_mb=peak_rss_mb(), inputs={k: list(v.shape) for k, v in feed.items()}, **extra)
+
+
+STAGES = ("preprocess", "inference", "postprocess")
+
+
+def measure_task(model: Model, inputs: Any, *, warmup: int = 5, runs: int | None = None,
+                 min_time: float = 2.0, load_ms: float | None = None,
+                 progress: ProgressFn | None = None) -> BenchResult:
+    """Benchmark the artifact's task end to end on ``inputs`` (texts, or images for an image
+    model): ``latency`` is the whole call, ``stages`` times preprocess, inference, postprocess."""
+    from edgekit.tasks import pipeline_for, task_of
+
+    pipe = pipeline_for(model)
+    pipe(inputs)  # fails before the clock starts on inputs the pipeline cannot take
+    clock = time.perf_counter_ns
+    spans: list[tuple[int, int, int]] = []
+
+    def call() -> None:
+        t0 = clock()
+        prepared = pipe.preprocess(inputs)
+        t1 = clock()
+        outputs = pipe.infer(prepared)
+        t2 = clock()
+        pipe.postprocess(prepared, outputs)
+        spans.append((t1 - t0, t2 - t1, clock() - t2))
+
+    first, samples = time_calls(call, warmup=warmup, runs=runs, min_time=min_time, progress=progress)
+    timed = spans[-len(samples):]
+    stages = {name: LatencyStats.from_ns([s[i] for s in timed]) for i, name in enumerate(STAGES)}
+    stats = LatencyStats.from_ns([sum(s) for s in timed])
+    prepared = pipe.preprocess(inputs)
+    return _row(model, stats, first, prepared.count, prepared.feeds[0], load_ms,
+                task=task_of(model), stages=stages)
 
 
 def benchmark(path: str | Path, *, device: str = "cpu", runtime: str | None = None,
@@ -165,8 +207,12 @@ def benchmark(path: str | Path, *, device: str = "cpu", runtime: str | None = No
               batch: int = 1, dims: Mapping[str, int] | None = None, warmup: int = 10,
               runs: int | None = None, min_time: float = 2.0, isolated: bool = False,
               timeout: float = 600.0, progress: ProgressFn | None = None,
-              options: Mapping[str, Any] | None = None) -> BenchResult:
+              options: Mapping[str, Any] | None = None,
+              task_inputs: Sequence[str] | None = None) -> BenchResult:
     """Load and benchmark one artifact; never raises for a bad artifact, returns a failed row.
+
+    ``task_inputs`` (texts, or image paths for an image model) measure the artifact's task end to
+    end instead of bare ``run`` calls: see :func:`measure_task`.
 
     ``options`` are the runtime's own load options (e.g. ``{"static_shapes": "input_ids=1x128"}``
     for OpenVINO), passed to :func:`edgekit.load` as keywords; in isolated mode they must be JSON.
@@ -175,7 +221,8 @@ def benchmark(path: str | Path, *, device: str = "cpu", runtime: str | None = No
     >>> r.latency.p50_ms  # doctest: +SKIP
     """
     kwargs = dict(device=device, runtime=runtime, threads=threads, batch=batch, dims=dict(dims or {}),
-                  warmup=warmup, runs=runs, min_time=min_time, options=dict(options or {}))
+                  warmup=warmup, runs=runs, min_time=min_time, options=dict(options or {}),
+                  task_inputs=list(task_inputs) if task_inputs is not None else None)
     if isolated:
         return _isolated(path, inputs, kwargs, timeout)
     from edgekit.runtime import load
@@ -186,6 +233,9 @@ def benchmark(path: str | Path, *, device: str = "cpu", runtime: str | None = No
         model = load(path, device=device, runtime=runtime, threads=threads, **dict(options or {}))
         load_ms = (time.perf_counter_ns() - t) / 1e6
         with model:
+            if task_inputs is not None:
+                return measure_task(model, list(task_inputs), warmup=warmup, runs=runs, min_time=min_time,
+                                    load_ms=load_ms, progress=progress)
             return measure_model(model, feed, warmup=warmup, runs=runs, min_time=min_time,
                                  batch=batch, dims=dims, load_ms=load_ms, progress=progress)
     except EdgekitError as e:

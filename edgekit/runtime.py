@@ -150,6 +150,48 @@ class Model(ABC):
         return measure_model(self, inputs, warmup=warmup, runs=runs, min_time=min_time,
                              batch=batch, dims=dims, progress=progress)
 
+    # -- task helpers: preprocessing from the manifest and <name>.assets/ (edgekit.tasks) -----
+    def classify(self, inputs: Any, *, top_k: int = 1, batch_size: int | None = None) -> list[dict[str, Any]]:
+        """Labels for texts (a text classifier) or images (paths, PIL images, arrays): one
+        ``{"label", "score", "index", "top": [top_k of those]}`` per input, in order.
+
+        >>> m.classify(["oil prices fell"], top_k=2)[0]["label"]  # doctest: +SKIP
+        'crude'
+        """
+        from edgekit.tasks import pipeline_for
+
+        return pipeline_for(self, "classify")(inputs, top_k=top_k, batch_size=batch_size)
+
+    def embed(self, texts: Any, *, batch_size: int | None = None, normalize: bool | None = None) -> np.ndarray:
+        """Sentence vectors (N, D), pooled as the source model pools and L2-normalised.
+
+        >>> m.embed(["a sentence", "another one"]).shape  # doctest: +SKIP
+        (2, 384)
+        """
+        from edgekit.tasks import pipeline_for
+
+        return pipeline_for(self, "embed")(texts, batch_size=batch_size, normalize=normalize)
+
+    def generate(self, prompt: str, max_tokens: int = 128, **options: Any) -> Any:
+        """Continue ``prompt`` (GGUF artifacts; see :mod:`edgekit.runtimes.llamacpp`)."""
+        from edgekit.tasks import task_of, unsupported
+
+        raise unsupported(self, "generate", task_of(self))
+
+    def chat(self, messages: Any, max_tokens: int = 256, **options: Any) -> Any:
+        """Answer chat ``messages`` (GGUF artifacts; see :mod:`edgekit.runtimes.llamacpp`)."""
+        from edgekit.tasks import task_of, unsupported
+
+        raise unsupported(self, "chat", task_of(self))
+
+    def benchmark_task(self, inputs: Any, *, warmup: int = 5, runs: int | None = None,
+                       min_time: float = 2.0, progress: ProgressFn | None = None) -> BenchResult:
+        """End-to-end latency of the task on ``inputs`` (texts or images), preprocessing,
+        inference and postprocessing reported apart (``result.stages``)."""
+        from edgekit.harness import measure_task
+
+        return measure_task(self, inputs, warmup=warmup, runs=runs, min_time=min_time, progress=progress)
+
     def close(self) -> None:
         if not self._closed:
             self._closed = True

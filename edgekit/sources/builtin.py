@@ -14,6 +14,12 @@ from edgekit.errors import ConfigError
 from edgekit.sources import ModelSource
 
 DEFAULT = "digits-cnn"
+# scikit-learn's digits are 8x8 counts of ink pixels (0..16, ink high) from 32x32 bitmaps in 4x4
+# blocks; the model takes count / 16. An image file (0..255 grey) is box-downsampled to 8x8 and
+# mapped linearly to 0..16 (pixel_max), so white ink on black matches; dark ink on white paper
+# must be inverted first (PIL.ImageOps.invert). A float array is taken as counts 0..16.
+DIGITS_IMAGE = {"size": [8, 8], "channels": 1, "scale": 1 / 16, "mean": [0.0], "std": [1.0],
+                "layout": "NCHW", "resize": None, "crop": None, "resample": "box", "pixel_max": 16.0}
 
 
 def _digits_cnn() -> ModelSource:
@@ -50,8 +56,7 @@ def _digits_cnn() -> ModelSource:
         model, (example,), input_names=["pixels"], output_names=["logits"], name="digits-cnn",
         kind="builtin",
         task="image-classification", location="builtin:digits-cnn",
-        preprocess={"id2label": {str(i): str(i) for i in range(10)},
-                    "input_scale": "pixel / 16, shape (N, 1, 8, 8)"},
+        preprocess={"id2label": {str(i): str(i) for i in range(10)}, "image": DIGITS_IMAGE},
         calibration=CalibrationSet({"pixels": x[train[:256]]}, "sklearn digits, train split"),
         evaluation=EvalSet(CalibrationSet({"pixels": x[test]}, "sklearn digits, test split"),
                            y[test]),

@@ -6,6 +6,8 @@ the task name and the output the artifact exposes.
 
 from __future__ import annotations
 
+import tempfile
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +18,7 @@ import numpy as np
 from edgekit.errors import SourceError
 from edgekit.fsutil import sha256_file
 from edgekit.sources import ModelSource
+from edgekit.tasks import _hf as hf_records
 
 # architecture suffix -> (task, exported output)
 TASKS: dict[str, tuple[str, str]] = {
@@ -129,17 +132,29 @@ def from_hf_dir(path: Path, *, seq_len: int | None = None) -> ModelSource:
     else:
         examples = _text_examples(model, config, tokenizer, seq_len)
         axes = {n: {0: "batch", 1: "sequence"} for n in examples}
-        preprocess["max_length"] = seq_len or 128
+        preprocess["max_length"] = seq_len or hf_records.max_seq_length(path) or 128
     tokenize = _make_tokenize(tokenizer, list(examples), seq_len or 128) if tokenizer else None
-    if tokenizer is not None:
-        preprocess["tokenizer"] = "tokenizer.json" if (path / "tokenizer.json").is_file() else None
+    scratch = None
+    if tokenizer is not None:  # the runtime pipelines read tokenizer.json (the tokenizers package)
+        preprocess["tokenizer"] = "tokenizer.json"
+        if not (path / "tokenizer.json").is_file():
+            scratch = tempfile.TemporaryDirectory(prefix="edgekit-tokenizer-")
+            assets.append(hf_records.write_tokenizer_json(tokenizer, Path(scratch.name)))
+    if task == "feature-extraction":
+        preprocess.update(pooling=hf_records.pooling(path), normalize=hf_records.normalize(path))
+        assets += hf_records.st_assets(path)
+    if task in IMAGE_TASKS and (image := hf_records.image_spec(path, config)) is not None:
+        preprocess["image"] = image
     from edgekit.sources.module import from_module
 
-    return from_module(
+    source = from_module(
         model, examples, dynamic_axes=axes, name=path.name, kind="huggingface",
         output_keys=[output], output_names=[output], task=task, location=str(path.resolve()),
         weights=weights, assets=assets, preprocess=preprocess, tokenize=tokenize,
     )
+    if scratch is not None:  # the written tokenizer.json lives as long as the source
+        weakref.finalize(source, scratch.cleanup)
+    return source
 
 
 def _text_examples(model: Any, config: Any, tokenizer: Any, seq_len: int | None

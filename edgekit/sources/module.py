@@ -168,3 +168,18 @@ def from_module(
         kind=kind,
         **extra,
     )
+
+
+def with_preprocess(source: ModelSource, preprocess: Mapping[str, Any]) -> ModelSource:
+    """``source`` with the user's ``preprocess`` record (``convert(..., preprocess={...})``) merged
+    over its own; a tokenizer file joins its assets, and a source with no task gets the one the
+    record implies (an image spec: image-classification)."""
+    from edgekit.tasks import infer_task
+    from edgekit.tasks._spec import check_preprocess
+
+    record, files = check_preprocess(preprocess)
+    source.preprocess = {**source.preprocess, **record}
+    source.assets = [*[a for a in source.assets if a.name not in {f.name for f in files}], *files]
+    if source.task is None:
+        source.task = infer_task(source.preprocess)
+    return source

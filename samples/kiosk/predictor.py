@@ -1,0 +1,157 @@
+"""What the kiosk does with one request: check the input, classify it, time each stage.
+
+The model is an edgekit artifact loaded with ``edgekit.load``; preprocessing (tokenizer, image
+resize and normalisation) is the artifact's own task pipeline, so the kiosk holds no model code.
+Nothing here imports torch: a kiosk installs ``edgekit[onnxruntime]`` (or another runtime extra).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import edgekit
+from edgekit.tasks import pipeline_for
+
+MAX_TEXT_CHARS = 5_000
+MAX_IMAGE_PIXELS = 25_000_000  # larger images are refused before Pillow decodes them
+MAX_TOP_K = 10
+
+
+class BadInput(Exception):
+    """A request the kiosk refuses; ``status`` is the HTTP status, ``fix`` tells the user what to do."""
+
+    def __init__(self, problem: str, fix: str, status: int = 400) -> None:
+        super().__init__(problem)
+        self.problem, self.fix, self.status = problem, fix, status
+
+
+class Predictor:
+    """One loaded classifier (text or image) and the lock that serialises calls to it.
+
+    One call at a time keeps the reported latency the model's own, not a queue's, and suits a
+    kiosk where one person uses the screen.
+    """
+
+    def __init__(self, artifact: str | Path, *, device: str = "cpu", threads: int | None = None) -> None:
+        self.model = edgekit.load(artifact, device=device, threads=threads)
+        try:
+            self.pipeline = pipeline_for(self.model, "classify")
+        except edgekit.EdgekitError:
+            self.model.close()
+            raise
+        self.kind: str = self.pipeline.input_kind  # "text" | "image"
+        self._lock = threading.Lock()
+
+    def info(self) -> dict[str, Any]:
+        """What the page shows about the model: name, task, input kind, labels, runtime."""
+        m = self.model.manifest
+        labels = (m.preprocess.get("id2label") if m else None) or {}
+        return {
+            "artifact": self.model.path.name,
+            "format": self.model.format.value,
+            "precision": m.precision.value if m else None,
+            "task": self.pipeline.task,
+            "input": self.kind,
+            "labels": [labels[k] for k in sorted(labels, key=lambda k: int(k) if k.isdigit() else k)],
+            "size_bytes": self.model.size_bytes,
+            **self.model.describe(),
+        }
+
+    def warm_up(self, calls: int = 3) -> None:
+        """A few requests before the first visitor (the runtime's first runs and Pillow's first
+        decode are slow), so the first answer shows the steady latency."""
+        payload = {"text": "warm up"} if self.kind == "text" else {"image": _blank_png()}
+        for _ in range(calls):
+            self.predict(payload)
+
+    def predict(self, payload: Any) -> dict[str, Any]:
+        """Answer one ``/api/predict`` body: ``{"text": ...}`` or ``{"image": base64}``, ``top_k``."""
+        if not isinstance(payload, dict):
+            raise BadInput("the request body must be a JSON object",
+                           'send {"text": "..."} or {"image": "<base64 image>"}')
+        top_k = payload.get("top_k", 3)
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= MAX_TOP_K:
+            raise BadInput(f"top_k must be an integer from 1 to {MAX_TOP_K}, got {top_k!r}", "send e.g. top_k=3")
+        given = [k for k in ("text", "image") if k in payload]
+        if len(given) != 1:
+            raise BadInput("send exactly one of text or image", 'e.g. {"text": "oil prices rose"}')
+        if given[0] != self.kind:
+            raise BadInput(f"this model classifies {self.kind}s, not {given[0]}s ({self.model.path.name})",
+                           "type some text" if self.kind == "text" else "drop or choose an image file")
+        started = time.perf_counter()
+        item = _text(payload["text"]) if self.kind == "text" else _image(payload["image"])
+        decode_ms = (time.perf_counter() - started) * 1000.0
+        result, timing = self._classify(item, top_k)
+        timing["decode_ms"] = decode_ms
+        timing["total_ms"] = (time.perf_counter() - started) * 1000.0
+        return {**result, "timing": timing}
+
+    def _classify(self, item: Any, top_k: int) -> tuple[dict[str, Any], dict[str, float]]:
+        """The pipeline's three stages, timed apart: tokenize/resize, run the model, rank."""
+        p = self.pipeline
+        with self._lock:
+            t0 = time.perf_counter()
+            prepared = p.preprocess([item])
+            t1 = time.perf_counter()
+            outputs = p.infer(prepared)
+            t2 = time.perf_counter()
+            (result,) = p.postprocess(prepared, outputs, top_k=top_k)
+            t3 = time.perf_counter()
+        timing = {"preprocess_ms": (t1 - t0) * 1000.0, "inference_ms": (t2 - t1) * 1000.0,
+                  "postprocess_ms": (t3 - t2) * 1000.0}
+        return result, timing
+
+    def close(self) -> None:
+        self.model.close()
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise BadInput(f"text must be a string, got {type(value).__name__}", "type some text")
+    text = value.strip()
+    if not text:
+        raise BadInput("the text is empty", "type some text before pressing Classify")
+    if len(text) > MAX_TEXT_CHARS:
+        raise BadInput(f"the text has {len(text):,} characters, more than {MAX_TEXT_CHARS:,}",
+                       "send a shorter text", status=413)
+    return text
+
+
+def _image(value: Any) -> Any:
+    """A base64 string (or ``data:image/...;base64,`` URL) -> a decoded Pillow image."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not isinstance(value, str) or not value:
+        raise BadInput("image must be a non-empty base64 string", "drop or choose an image file")
+    data = value.split(",", 1)[1] if value.startswith("data:") else value
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadInput("the image is not valid base64", "send the file's bytes base64-encoded") from None
+    try:
+        image = Image.open(io.BytesIO(raw))
+        width, height = image.size
+        if width * height > MAX_IMAGE_PIXELS:
+            raise BadInput(f"the image is {width}x{height} pixels, more than {MAX_IMAGE_PIXELS:,}",
+                           "send a smaller image", status=413)
+        image.load()
+    except (UnidentifiedImageError, Image.DecompressionBombError):
+        raise BadInput("the file is not an image Pillow can read", "drop a PNG, JPEG, GIF, BMP or WebP file") \
+            from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise BadInput(f"the image could not be decoded: {e}", "drop an intact image file") from None
+    return image
+
+
+def _blank_png() -> str:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 32), (128, 128, 128)).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
