@@ -28,10 +28,14 @@ FTYPES: dict[Precision, int] = {
 
 
 def quantize(src: Path, dst: Path, precision: Precision, *, threads: int | None = None,
-             imatrix: Path | None = None, timeout: float = 3600.0) -> dict[str, Any]:
-    """Quantize ``src`` into ``dst`` with llama.cpp in a fresh process; return its report."""
+             imatrix: Path | None = None, overrides: dict[str, int] | None = None,
+             timeout: float = 3600.0) -> dict[str, Any]:
+    """Quantize ``src`` into ``dst`` with llama.cpp in a fresh process; return its report.
+
+    ``overrides`` maps a tensor-name regex to the ggml type its tensors keep (llama.cpp's
+    ``tt_overrides``), for layers excluded from quantization."""
     job = {"src": str(src), "dst": str(dst), "ftype": FTYPES[precision], "nthread": threads or 0,
-           "imatrix": str(imatrix) if imatrix else None}
+           "imatrix": str(imatrix) if imatrix else None, "overrides": overrides or {}}
     child = run_child("edgekit.converters._gguf_quantize", job, timeout)
     if child.timed_out:
         raise QuantizationError(f"llama.cpp's quantizer gave no result within {timeout:.0f} s",
@@ -82,6 +86,14 @@ def _main() -> None:
         entries, keep = _imatrix_entries(job["imatrix"])
         params.imatrix = ctypes.cast(entries, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
         keep.append(entries)
+    if job.get("overrides"):
+        items = list(job["overrides"].items())
+        table = (llama_cpp.llama_model_tensor_override * (len(items) + 1))()
+        for i, (pattern, ggml_type) in enumerate(items):
+            table[i].pattern = pattern.encode()
+            table[i].type = ggml_type
+        table[len(items)].pattern = None  # the list ends at a null pattern
+        params.tt_overrides = ctypes.cast(table, ctypes.POINTER(llama_cpp.llama_model_tensor_override))
     rc = llama_cpp.llama_model_quantize(job["src"].encode(), job["dst"].encode(), ctypes.byref(params))
     if rc != 0:
         reply = {"error": LlamaLog.last_error() or f"llama_model_quantize returned {rc}"}

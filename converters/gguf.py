@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from edgekit.verify import Reference
 
 # precision -> gate on top-1 agreement with PyTorch; the other precisions report their figures
+FLOAT_PRECISIONS = frozenset({Precision.FP32, Precision.FP16, Precision.BF16})
 LM_TOLERANCES: dict[Precision, dict[str, float]] = {
     Precision.FP32: {"min_top1": 0.99},
     Precision.FP16: {"min_top1": 0.99},
@@ -61,6 +62,9 @@ class GgufOptions:
     window: int = 256  # tokens per perplexity window
     parity_rows: int = 8  # reference rows (examples first) whose logits are compared position by position
     threads: int | None = None  # llama.cpp threads for quantizing and verifying (None: its default)
+    # PyTorch layer names (model.layers.0.mlp.down_proj) or GGUF tensor names kept at exclude_type
+    exclude_layers: tuple[str, ...] = ()
+    exclude_type: str = "f16"  # f16, q8_0 or f32
 
     def __post_init__(self) -> None:
         if self.quantize_from not in ("f16", "f32"):
@@ -69,6 +73,9 @@ class GgufOptions:
         if self.imatrix not in ("auto", "on", "off"):
             raise ConfigError(f"imatrix must be auto, on or off, got {self.imatrix!r}",
                               fix="-O gguf.imatrix=auto")
+        if self.exclude_type not in ("f32", "f16", "q8_0"):
+            raise ConfigError(f"exclude_type must be f32, f16 or q8_0, got {self.exclude_type!r}",
+                              fix="-O gguf.exclude_type=f16")
         if self.window < 8 or self.eval_tokens < 2 or self.parity_rows < 1:
             raise ConfigError("window must be >= 8, eval_tokens >= 2 and parity_rows >= 1",
                               fix="e.g. -O gguf.window=256 -O gguf.eval_tokens=1024 -O gguf.parity_rows=8")
@@ -90,6 +97,7 @@ class GgufBase:
     intermediates: dict[str, tuple[Path, dict[str, Any]]] = field(default_factory=dict)  # f16/f32 files
     imatrix: tuple[Path, dict[str, Any]] | None = None
     tokenizer_checked: bool = False
+    keep: dict[str, list[str]] = field(default_factory=dict)  # exclude_layers -> GGUF tensor names
 
 
 @CONVERTERS.register(Format.GGUF)
@@ -133,6 +141,11 @@ class GgufConverter(Converter):
                               "tokenizer.save_pretrained()")
         arch = arch_for(type(model).__name__)
         rows = int(model.get_input_embeddings().weight.shape[0])
+        keep = {}
+        if opts.exclude_layers:
+            from edgekit.optimize._exclusions_gguf import tensor_names
+
+            keep = tensor_names(src, model, arch, opts.exclude_layers)
         tokenizer = hf_tokenizer(folder)
         vocab = read_vocab(folder, rows, model.config, opts.pre_tokenizer, backend_json(tokenizer))
         if ctx.calibration is not None:
@@ -143,7 +156,7 @@ class GgufConverter(Converter):
         fn = torch_logits(model)
         big = tokens.size * rows * 4 > 512 * 2**20  # keep PyTorch's logits only while they are small
         self._base = GgufBase(model, arch, vocab, folder, src.name, tokens, origin, fn if big else cached(fn),
-                              tokenizer)
+                              tokenizer, keep=keep)
         return self._base
 
     # -- precisions ----------------------------------------------------------------------------
@@ -157,6 +170,13 @@ class GgufConverter(Converter):
         from edgekit.runtimes._gguf_file import read_header
 
         header = read_header(out)
+        if base.keep:
+            from edgekit.optimize._exclusions_gguf import check
+
+            result = check({t.name: t.type_name for t in header.tensors}, base.keep, ctx.options.exclude_type,
+                           float_file=precision in FLOAT_PRECISIONS)
+            details["exclusions"] = result.to_dict()
+            result.raise_if_missing(self.format.value, precision.value)
         details.update(tensor_types=header.tensor_types(), architecture=base.arch.name,
                        tokenizer=base.vocab.describe(), write_seconds=round(rss.seconds, 3),
                        rss_mb_at_start=round(rss.start, 1), peak_rss_mb=round(rss.peak, 1))
@@ -167,7 +187,8 @@ class GgufConverter(Converter):
         from edgekit.converters._gguf_write import DIRECT
 
         opts: GgufOptions = ctx.options
-        if precision in DIRECT:
+        # a q8_0 file with tensors kept at another type is llama.cpp's quantizer's job (type overrides)
+        if precision in DIRECT and not (base.keep and precision not in FLOAT_PRECISIONS):
             details = self._write(base, precision, out, ctx)
             route = f"edgekit GGUF writer (gguf {_version('gguf')}), {DIRECT[precision][0]} weights"
         else:
@@ -177,7 +198,13 @@ class GgufConverter(Converter):
             src = self._intermediate(base, Precision.FP16 if kind == "f16" else Precision.FP32, ctx)
             imatrix = self._imatrix(base, ctx)
             t0 = time.perf_counter()
-            quantize(src, out, precision, threads=opts.threads, imatrix=imatrix[0] if imatrix else None)
+            keep = None
+            if base.keep:
+                from edgekit.optimize._exclusions_gguf import overrides
+
+                keep = overrides(base.keep, opts.exclude_type)
+            quantize(src, out, precision, threads=opts.threads, imatrix=imatrix[0] if imatrix else None,
+                     overrides=keep)
             details = {"quantized_from": kind, "imatrix": imatrix[1] if imatrix else None,
                        "quantize_seconds": round(time.perf_counter() - t0, 3)}
             route = (f"edgekit GGUF writer ({kind}) + llama.cpp llama_model_quantize "

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,8 @@ class OnnxOptions:
     # cost a 2-layer encoder its agreement (cosine 0.80 -> 0.9998 with this list)
     int8_op_types: tuple[str, ...] = ("Conv", "ConvTranspose", "MatMul", "Gemm", "Gather")
     nodes_to_exclude: tuple[str, ...] = ()
+    # PyTorch layer names (encoder.layer.0.output.dense) kept in float: mapped to node names, checked
+    exclude_layers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         from edgekit.errors import ConfigError
@@ -63,6 +65,7 @@ class Base:
     prepared: Path  # Gemm rewritten to MatMul, intermediate shapes dropped
     external: bool
     gemm_rewritten: int
+    layer_nodes: dict[str, list[str]] = field(default_factory=dict)  # exclude_layers -> node names
 
 
 # the exporter's and quantizers' loggers
@@ -102,7 +105,11 @@ class OnnxConverter(Converter):
     def export(self, ctx: BuildContext) -> Base:
         import onnx
 
+        from edgekit.optimize import _exclusions_onnx as excl
+        from edgekit.optimize.exclusions import resolve
+
         opts: OnnxOptions = ctx.options
+        excluded = resolve(ctx.source, opts.exclude_layers)
         fp32 = ctx.workdir / "base.onnx"
         ctx.report("export to ONNX", 0, 2)
         program = self._torch_export(ctx)
@@ -116,6 +123,7 @@ class OnnxConverter(Converter):
                 raise _export_error(e, program) from e
             onnx_program.save(str(fp32), external_data=external)
         model = onnx.load(str(fp32), load_external_data=False)
+        layer_nodes = excl.layer_nodes(model, program, excluded) if excluded else {}
         graph.strip_value_info(model)
         graph.name_dynamic_axes(model, ctx.source.dynamic_axes)
         onnx.save(model, str(fp32))
@@ -129,7 +137,7 @@ class OnnxConverter(Converter):
         prepared = ctx.workdir / "prepared.onnx"
         _save(full, prepared, external)
         ctx.report("export to ONNX", 2, 2)
-        return Base(fp32, prepared, external, rewritten)
+        return Base(fp32, prepared, external, rewritten, excl.renamed(layer_nodes, full))
 
     def _torch_export(self, ctx: BuildContext) -> Any:
         import torch
@@ -151,6 +159,10 @@ class OnnxConverter(Converter):
     # -- precisions ----------------------------------------------------------------------
     def build(self, base: Base, precision: Precision, stem: str, ctx: BuildContext) -> Built:
         out = ctx.workdir / f"{stem}{self.suffix}"
+        if base.layer_nodes:  # exclude_layers: their nodes join nodes_to_exclude
+            opts: OnnxOptions = ctx.options
+            mapped = tuple(n for found in base.layer_nodes.values() for n in found)
+            ctx = replace(ctx, options=replace(opts, nodes_to_exclude=(*opts.nodes_to_exclude, *mapped)))
         try:
             with quiet():
                 route, details = BUILDERS[precision](self, base, out, ctx)
@@ -165,6 +177,12 @@ class OnnxConverter(Converter):
 
         model = onnx.load(str(out), load_external_data=False)
         details["ops"] = graph.op_counts(model)
+        if base.layer_nodes:
+            from edgekit.optimize import _exclusions_onnx as excl
+
+            check = excl.check(model, base.layer_nodes)
+            details["exclusions"] = check.to_dict()
+            check.raise_if_missing(self.format.value, precision.value)
         companions = sorted(p for p in out.parent.glob(out.name + ".data"))
         return Built(out, companions, route, details)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ class OpenVinoOptions:
     calibration_samples: int = 300  # NNCF's default subset size
     fast_bias_correction: bool = True
     nodes_to_exclude: tuple[str, ...] = ()  # OpenVINO node names kept in float (int8) or uncompressed
+    exclude_layers: tuple[str, ...] = ()  # PyTorch layer names, mapped to OpenVINO op names and checked
     # accuracy-aware int8: with labelled data (--eval), revert layers to float until the drop fits
     max_accuracy_drop: float | None = None
     accuracy_drop_type: str = "absolute"  # absolute (0.01 = one point) or relative (fraction)
@@ -88,6 +89,7 @@ class Base:
     transformer: bool
     transformer_reason: str
     modules: dict[str, str]  # torch.export node name (the start of OpenVINO's op names) -> module path
+    layer_ops: dict[str, list[str]] = field(default_factory=dict)  # exclude_layers -> op names
 
 
 Builder = Callable[["OpenVinoConverter", Base, BuildContext], tuple[Any, str, dict[str, Any]]]
@@ -134,8 +136,11 @@ class OpenVinoConverter(Converter):
         import openvino as ov
 
         from edgekit.converters import _openvino_graph as graph
+        from edgekit.optimize import _exclusions_openvino as excl
+        from edgekit.optimize.exclusions import resolve
 
         _check_data(ctx)
+        excluded = resolve(ctx.source, ctx.options.exclude_layers)
         ctx.report("export to OpenVINO", 0, 2)
         program = _torch_export(ctx)
         ctx.report("export to OpenVINO", 1, 2)
@@ -160,7 +165,8 @@ class OpenVinoConverter(Converter):
         ov.save_model(model, str(xml), compress_to_fp16=False)
         transformer, reason = _model_type(ctx)
         ctx.report("export to OpenVINO", 2, 2)
-        return Base(xml, transformer, reason, graph.module_paths(program))
+        layer_ops = excl.layer_ops(model, program, src, excluded) if excluded else {}
+        return Base(xml, transformer, reason, graph.module_paths(program), layer_ops)
 
     # -- precisions ----------------------------------------------------------------------
     def build(self, base: Base, precision: Precision, stem: str, ctx: BuildContext) -> Built:
@@ -170,6 +176,9 @@ class OpenVinoConverter(Converter):
 
         opts: OpenVinoOptions = ctx.options
         out = ctx.workdir / f"{stem}{self.suffix}"
+        if base.layer_ops:  # exclude_layers: their ops join nodes_to_exclude (NNCF's ignored scope)
+            mapped = tuple(n for found in base.layer_ops.values() for n in found)
+            ctx = replace(ctx, options=replace(opts, nodes_to_exclude=(*opts.nodes_to_exclude, *mapped)))
         try:
             with quiet():
                 model, route, details = BUILDERS[precision](self, base, ctx)
@@ -185,6 +194,12 @@ class OpenVinoConverter(Converter):
         saved = ov.Core().read_model(str(out))
         details.update(ops=graph.op_counts(saved), weight_types=graph.weight_types(saved),
                        verification_precision_hint=VERIFY_HINT)
+        if base.layer_ops:
+            from edgekit.optimize import _exclusions_openvino as excl
+
+            check = excl.check(saved, base.layer_ops)
+            details["exclusions"] = check.to_dict()
+            check.raise_if_missing(self.format.value, precision.value)
         hints = {} if opts.runtime_precision_hint == "default" else {"precision_hint": opts.runtime_precision_hint}
         return Built(out, [out.with_suffix(".bin")], route, details, runtime_hints=hints)
 

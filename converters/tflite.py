@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -54,6 +54,8 @@ class TfliteOptions:
     per_channel: bool = True  # PT2E int8 weights per output channel
     calibration_samples: int = 128
     route_min_cosine: float = 0.99  # auto: first route at or above this worst cosine is kept
+    exclude_layers: tuple[str, ...] = ()  # PyTorch layer names kept in float (mapped to op scopes, checked)
+    exclude_scopes: tuple[str, ...] = ()  # ai-edge-quantizer op-scope regexes kept in float
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "input_shapes", tx.parse_shapes(self.input_shapes) or None)
@@ -81,6 +83,7 @@ class Base:
     sample: dict[str, np.ndarray]  # one input of exactly the fixed shapes, model layout
     fp32: Path
     fp32_bytes: bytes = b""
+    exclusions: Any = field(default=None)  # an _exclusions_tflite.TfliteExclusions when asked for
 
 
 RouteFn = Callable[[Base, BuildContext], bytes]
@@ -157,8 +160,11 @@ class TfliteConverter(Converter):
 
     # -- export --------------------------------------------------------------------------
     def export(self, ctx: BuildContext) -> Base:
+        from edgekit.optimize.exclusions import resolve
+
         opts: TfliteOptions = ctx.options
         src = ctx.source
+        excluded = resolve(src, opts.exclude_layers)
         ctx.report("export to TFLite", 0, 2)
         shapes = tx.plan_shapes(src, ctx.calibration, input_shapes=tx.parse_shapes(opts.input_shapes),
                                 batch_size=opts.batch_size, layout=opts.layout, pad=opts.pad_sequences)
@@ -178,7 +184,12 @@ class TfliteConverter(Converter):
         fp32 = ctx.workdir / "base-fp32.tflite"
         fp32.write_bytes(data)
         ctx.report("export to TFLite", 2, 2)
-        return Base(shapes, module, sample, fp32, data)
+        exclusions = None
+        if excluded or opts.exclude_scopes:
+            from edgekit.optimize._exclusions_tflite import plan
+
+            exclusions = plan(src, data, excluded, opts.exclude_scopes, module)
+        return Base(shapes, module, sample, fp32, data, exclusions)
 
     # -- precisions ----------------------------------------------------------------------
     def _candidates(self, precision: Precision, opts: TfliteOptions) -> list[str]:
@@ -199,6 +210,10 @@ class TfliteConverter(Converter):
                 with quiet():
                     raw = r.fn(base, ctx)
                     data, io_note = self._finish(raw, base, precision, opts)
+                    if base.exclusions is not None and base.exclusions.layers:  # a route that ignored them fails
+                        check = base.exclusions.check(data)
+                        io_note = {**io_note, "exclusions": check.to_dict()}
+                        check.raise_if_missing(self.format.value, precision.value)
             except CalibrationError:
                 raise
             except Exception as e:  # a quantizer's own failure: record it, try the next route
@@ -301,6 +316,8 @@ def _calibration_rows(base: Base, ctx: BuildContext) -> list[dict[str, np.ndarra
 def _aeq(base: Base, recipe: Any, calibration: list[dict[str, np.ndarray]] | None = None) -> bytes:
     from ai_edge_quantizer import quantizer
 
+    if base.exclusions is not None:
+        recipe = base.exclusions.recipe(recipe)
     qt = quantizer.Quantizer(bytearray(base.fp32_bytes), recipe)
     result = None
     if qt.need_calibration:
@@ -322,6 +339,8 @@ def _pt2e(base: Base, ctx: BuildContext, *, dynamic: bool) -> bytes:
         get_symmetric_quantization_config(is_per_channel=opts.per_channel, is_dynamic=dynamic))
     sample = tx.to_torch(base.sample)
     graph = torch.export.export(base.module, (), sample, strict=False).module()
+    if base.exclusions is not None:
+        base.exclusions.skip_in_pt2e(quantizer, graph)
     graph = prepare_pt2e(graph, quantizer)
     rows = [sample] if dynamic else [tx.to_torch(r) for r in _calibration_rows(base, ctx)]
     with torch.inference_mode():

@@ -27,6 +27,15 @@ class ConfigError(EdgekitError):
     exit_code = 2
 
 
+class RecipeError(ConfigError):
+    """A recipe that does not validate; ``key`` is the path of the offending key, e.g. ``prune.sparsity``."""
+
+    def __init__(self, key: str, problem: str, *, fix: str | None = None, origin: str | None = None) -> None:
+        where = f"{origin}: " if origin else ""
+        super().__init__(f"{where}recipe key {key}: {problem}" if key else f"{where}recipe: {problem}", fix=fix)
+        self.key, self.detail, self.origin = key, problem, origin
+
+
 class MissingDependencyError(EdgekitError):
     """An optional package needed for this step is not installed."""
 
@@ -74,6 +83,19 @@ class ConversionError(EdgekitError):
 
     def __init__(self, problem: str, *, fix: str | None = None, artifacts: list | None = None) -> None:
         super().__init__(problem, fix=fix)
+        self.artifacts = artifacts or []
+
+
+class GateError(EdgekitError):
+    """A recipe stage lost more of the task metric than the recipe allows; ``report`` names the
+    stage, metric, drop and allowed drop (and every stage measured before it)."""
+
+    exit_code = 4
+
+    def __init__(self, problem: str, *, fix: str | None = None, report: dict | None = None,
+                 artifacts: list | None = None) -> None:
+        super().__init__(problem, fix=fix)
+        self.report = report or {}
         self.artifacts = artifacts or []
 
 

@@ -77,6 +77,7 @@ class Manifest:
     verification: Verification | None = None
     preprocess: dict[str, Any] = field(default_factory=dict)
     runtime_hints: dict[str, Any] = field(default_factory=dict)
+    recipe: dict[str, Any] | None = None  # the recipe and its stage report, when one produced the artifact
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     schema: str = SCHEMA
 
@@ -96,6 +97,7 @@ class Manifest:
             "verification": self.verification.to_dict() if self.verification else None,
             "preprocess": self.preprocess,
             "runtime_hints": self.runtime_hints,
+            "recipe": self.recipe,
             "versions": self.versions,
             "created": self.created,
         }
@@ -126,6 +128,7 @@ class Manifest:
             verification=Verification.from_dict(ver) if ver else None,
             preprocess=dict(d.get("preprocess", {})),
             runtime_hints=dict(d.get("runtime_hints", {})),
+            recipe=d.get("recipe"),
             created=d.get("created", ""),
         )
 

@@ -1,13 +1,14 @@
 """Parity of a converted artifact against the original PyTorch model.
 
 Per output: max/mean absolute error, cosine similarity per sample (mean and worst), and top-1
-agreement for logits. With labelled data, the task metric (accuracy) and its delta.
+agreement for logits. With evaluation data, the task metric from ``edgekit.evaluate`` (accuracy on
+labelled data by default) and its delta.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -16,6 +17,7 @@ from edgekit.types import Precision
 
 if TYPE_CHECKING:
     from edgekit.calib import EvalSet
+    from edgekit.evaluate import Baseline, Evaluator
     from edgekit.sources import ModelSource
 
 Feed = dict[str, np.ndarray]
@@ -28,18 +30,12 @@ CLASSIFICATION_TASKS = {"text-classification", "image-classification", "token-cl
                         "text-generation", "fill-mask"}
 
 
-EVAL_BATCH = 64
-
-
 def eval_feeds(evaluation: EvalSet | None) -> list[Feed]:
     """The labelled data in the batches both the original and the artifact are run on."""
-    return list(evaluation.data.batches(EVAL_BATCH)) if evaluation is not None else []
+    from edgekit.evaluate import EvalData
 
-
-def accuracy(outputs: list[dict[str, np.ndarray]], labels: np.ndarray, output: str) -> float:
-    """Top-1 accuracy of per-batch ``outputs`` against ``labels``."""
-    preds = [np.asarray(o[output]).reshape(len(o[output]), -1).argmax(-1) for o in outputs]
-    return float((np.concatenate(preds) == labels).mean())
+    data = EvalData.of(evaluation)
+    return data.batches() if data is not None else []
 
 
 @dataclass(frozen=True)
@@ -50,19 +46,31 @@ class Reference:
     outputs: list[dict[str, np.ndarray]]
     top1_outputs: frozenset[str]
     evaluation: EvalSet | None = None
-    eval_accuracy: float | None = None
+    evaluator: Evaluator | None = None
+    baseline: Baseline | None = None
 
     @classmethod
-    def build(cls, source: ModelSource, feeds: list[Feed],
-              evaluation: EvalSet | None = None) -> Reference:
+    def build(cls, source: ModelSource, feeds: list[Feed], evaluation: EvalSet | None = None,
+              evaluator: Any = None) -> Reference:
+        """``evaluator`` (a name, ``package.module:function`` or an Evaluator) scores the evaluation
+        data; None means accuracy when the data is labelled."""
+        from edgekit.evaluate import EvalData, get_evaluator
+
         outs = [source.reference(f) for f in feeds]
         top1 = frozenset(n for n in source.output_names
                          if n == "logits" or source.task in CLASSIFICATION_TASKS)
-        acc = None
-        if evaluation is not None:
-            acc = accuracy([source.reference(f) for f in eval_feeds(evaluation)], evaluation.labels,
-                           source.output_names[0])
-        return cls(feeds, outs, top1, evaluation, acc)
+        data, ev, base = EvalData.of(evaluation), None, None
+        if data is not None and (evaluator is not None or data.labels is not None):
+            ev = get_evaluator("accuracy" if evaluator is None else evaluator, task=source.task,
+                               has_labels=data.labels is not None)
+        if ev is not None and data is not None and ev.scores_outputs:  # else the caller runs the artifact
+            base = ev.baseline(source, data)
+        return cls(feeds, outs, top1, evaluation, ev if base is not None else None, base)
+
+    @property
+    def eval_accuracy(self) -> float | None:
+        """The original's score on the evaluation data (any metric; the name is historical)."""
+        return self.baseline.value if self.baseline is not None else None
 
     @property
     def all_feeds(self) -> list[Feed]:
@@ -110,11 +118,10 @@ def compare(ref: Reference, got_all: list[dict[str, np.ndarray]], precision: Pre
             if p.max_abs_err > tol["atol"] + tol["rtol"] * scale or p.min_cosine < tol["min_cosine"]:
                 failed = name
     metric = None
-    if ref.evaluation is not None and ref.eval_accuracy is not None:
-        value = accuracy(eval_got, ref.evaluation.labels, next(iter(ref.outputs[0])))
-        metric = {"name": "accuracy", "value": value, "reference": ref.eval_accuracy,
-                  "delta": value - ref.eval_accuracy, "samples": int(len(ref.evaluation.labels)),
-                  "data": ref.evaluation.data.origin}
+    if ref.evaluator is not None and ref.baseline is not None:
+        from edgekit.evaluate import EvalData
+
+        metric = ref.evaluator.metric(eval_got, EvalData.of(ref.evaluation), ref.baseline)
     return Verification(
         samples=sum(len(next(iter(f.values()))) for f in ref.feeds),
         outputs=tuple(parity), passed=failed is None, gated=tol is not None,
