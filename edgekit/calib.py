@@ -2,7 +2,9 @@
 
 Arrays are stacked along the model's batch axis: ``calib["input_ids"]`` has shape ``(N, seq)``
 for an input of shape ``(batch, sequence)``. Text files hold one sample per line; JSONL files
-one object per line with a ``"text"`` field. An ``.npz`` for evaluation also holds ``labels``.
+one object per line with a ``"text"`` field. An ``.npz`` for evaluation also holds ``labels``;
+JSONL evaluation data for a text classifier gives each line a ``"label"`` (an ``id2label`` name
+or an integer id).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -52,24 +54,29 @@ class EvalSet:
     labels: np.ndarray
 
 
-def _read_texts(path: Path) -> list[str]:
-    texts: list[str] = []
+def _json_lines(path: Path, example: str) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed value) for every non-blank line of a JSONL file."""
     for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
-        if path.suffix in (".jsonl", ".json"):
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise CalibrationError(f"{path}:{i} is not valid JSON: {e}",
-                                       fix='write one object per line: {"text": "..."}') from e
+        try:
+            yield i, json.loads(line)
+        except json.JSONDecodeError as e:
+            raise CalibrationError(f"{path}:{i} is not valid JSON: {e}",
+                                   fix=f"write one object per line: {example}") from e
+
+
+def _read_texts(path: Path) -> list[str]:
+    texts: list[str] = []
+    if path.suffix in (".jsonl", ".json"):
+        for i, obj in _json_lines(path, '{"text": "..."}'):
             text = obj.get("text") if isinstance(obj, dict) else obj
             if not isinstance(text, str):
                 raise CalibrationError(f'{path}:{i} has no "text" string',
                                        fix='write one object per line: {"text": "..."}')
             texts.append(text)
-        else:
-            texts.append(line.strip())
+    else:
+        texts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     if not texts:
         raise CalibrationError(f"{path} holds no text samples", fix="add one sample per line")
     return texts
@@ -139,8 +146,12 @@ def load_calibration(path: str | Path, source: ModelSource, *, limit: int | None
 
 
 def load_eval(path: str | Path, source: ModelSource) -> EvalSet:
-    """Read labelled evaluation data: an .npz with the inputs plus ``labels``."""
+    """Read labelled evaluation data: an .npz with the inputs plus ``labels``, or for a text model
+    with a tokenizer a .jsonl with ``{"text": "...", "label": "earn"}`` per line (label names are
+    mapped through the model's ``id2label``; integer ids are taken as they are)."""
     path = Path(path)
+    if path.suffix in TEXT_SUFFIXES:
+        return _load_text_eval(path, source)
     raw = read_npz(path, error=CalibrationError, option="--eval")
     key = next((k for k in LABEL_KEYS if k in raw), None)
     if key is None:
@@ -152,3 +163,50 @@ def load_eval(path: str | Path, source: ModelSource) -> EvalSet:
         raise CalibrationError(f"{path.name}: {len(labels)} labels for {data.size} samples",
                                fix="give one label per sample")
     return EvalSet(data, labels.astype(np.int64))
+
+
+LABELLED_EXAMPLE = '{"text": "...", "label": "name or id"}'
+
+
+def _load_text_eval(path: Path, source: ModelSource) -> EvalSet:
+    if not path.is_file():
+        raise ArtifactError(f"no such data file: {path}", fix="check the --eval path")
+    if path.suffix == ".txt":
+        raise CalibrationError(f"{path.name} is plain text, which holds no labels",
+                               fix=f"write JSONL, one {LABELLED_EXAMPLE} per line, or an .npz with the "
+                               "inputs and 'labels'")
+    if source.tokenize is None:
+        raise CalibrationError(f"{path.name} is text, but this model has no tokenizer to encode it",
+                               fix="pass an .npz with the inputs and 'labels', or a Hugging Face text "
+                               "model with its tokenizer")
+    texts: list[str] = []
+    labels: list[tuple[int, Any]] = []
+    for i, obj in _json_lines(path, LABELLED_EXAMPLE):
+        if not isinstance(obj, dict) or not isinstance(obj.get("text"), str) or "label" not in obj:
+            raise CalibrationError(f'{path}:{i} needs a "text" string and a "label"',
+                                   fix=f"write one object per line: {LABELLED_EXAMPLE}")
+        texts.append(obj["text"])
+        labels.append((i, obj["label"]))
+    if not texts:
+        raise CalibrationError(f"{path} holds no samples", fix=f"add one {LABELLED_EXAMPLE} per line")
+    ids = _label_ids(labels, source.preprocess.get("id2label") or {}, path)
+    return EvalSet(validate(source.tokenize(texts), source, path.name), ids)
+
+
+def _label_ids(labels: list[tuple[int, Any]], id2label: dict[str, str], path: Path) -> np.ndarray:
+    """Label names (through the inverse of ``id2label``) or integer ids -> class ids."""
+    by_name = {str(name): int(i) for i, name in id2label.items()}
+    known = ", ".join(repr(n) for n in by_name) or "none (the model has no id2label)"
+    ids = []
+    for line, label in labels:
+        if isinstance(label, str) and label in by_name:
+            ids.append(by_name[label])
+        elif isinstance(label, int) and not isinstance(label, bool) and (
+                not id2label or str(label) in id2label):
+            ids.append(label)
+        else:
+            what = f"label id {label}" if isinstance(label, int) and not isinstance(label, bool) \
+                else f"label {label!r}"
+            raise CalibrationError(f"{path}:{line}: {what} is not one of the model's labels",
+                                   fix=f"use a label name or its integer id; the labels are: {known}")
+    return np.asarray(ids, dtype=np.int64)

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from edgekit.conversion import Artifact
     from edgekit.harness import BenchResult
     from edgekit.manifest import Manifest
+    from edgekit.matrix import MatrixResult
     from edgekit.types import Signature
 
 
@@ -120,4 +121,29 @@ def manifest_table(m: Manifest) -> Table:
         rows.append(("preprocess", ", ".join(f"{k}" for k in m.preprocess)))
     for k, val in rows:
         t.add_row(k, escape(str(val)))
+    return t
+
+
+def matrix_table(result: MatrixResult) -> Table:
+    """The format x precision matrix: one row per variant, the PyTorch eager baseline first."""
+    from edgekit.matrix import EAGER
+
+    rows = result.rows
+    t = Table(title=f"edgekit matrix: {result.source.get('name')}  ({result.path})", title_justify="left")
+    for col in ("variant", "status", "size", "metric (delta)", "cosine", "p50 ms", "p90 ms", "items/s",
+                "peak RSS MB", "x eager"):
+        t.add_column(col, justify="left" if col in ("variant", "status") else "right")
+    for r in rows:
+        name = r.label + (" [dim](reused)[/]" if r.reused else "")
+        metric = f"{r.metric:.4f} ({r.metric_delta:+.4f})" if r.metric is not None and \
+            r.metric_delta is not None else _f(r.metric, "{:.4f}")
+        t.add_row(name if r.status == "ok" else f"{name}\n[red]{escape(r.reason or '')}[/]", _status(r.status),
+                  human_bytes(r.size_bytes), metric, _f(r.cosine, "{:.6f}") if r.format != EAGER else "ref",
+                  _f(r.p50_ms), _f(r.p90_ms), _f(r.throughput, "{:.1f}"), _f(r.peak_rss_mb, "{:.0f}"),
+                  _f(r.speedup_vs_eager, "{:.2f}x"))
+    notes = [f"skipped {s.format}{'/' + s.precision if s.precision else ''}: {escape(s.reason)}"
+             for s in result.skipped]
+    notes.append(f"x eager = PyTorch eager p50 / row p50 (same inputs, same run); converted "
+                 f"{result.converted}, timed {result.benchmarked}, reused {result.reused}")
+    t.caption, t.caption_justify = "\n".join(notes), "left"
     return t
