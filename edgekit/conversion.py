@@ -52,7 +52,7 @@ def convert(
     model: Any = None,
     example_inputs: Any = None,
     *,
-    targets: Sequence[str | Format] | str = ("onnx",),
+    targets: Sequence[str | Format] | str | None = None,
     precisions: Sequence[str | Precision] | str | None = None,
     out: str | Path = "edgekit-out",
     calib: str | Path | None = None,
@@ -64,14 +64,29 @@ def convert(
     dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
     weights: str | Path | None = None,
     seq_len: int | None = None,
+    preprocess: Mapping[str, Any] | None = None,
     keep_going: bool = False,
     progress: ProgressFn | None = None,
+    recipe: Any = None,
+    evaluator: Any = None,
+    record: Mapping[str, Any] | None = None,
 ) -> list[Artifact]:
     """Convert a model to each target format and precision, verifying every variant.
 
     ``model`` is an ``nn.Module`` (with ``example_inputs``), a Hugging Face directory, a ``.pt2``
     file, ``package.module:factory`` (with ``weights``) or ``builtin:NAME``; None means the
-    built-in default. ``options`` maps a format name to its converter options.
+    built-in default. ``options`` maps a format name to its converter options. ``preprocess``
+    records what ``Model.classify``/``embed`` need, for sources that carry no tokenizer or
+    processor files (see docs/tasks.md): e.g. ``{"id2label": [...], "image": {"size": [32, 32]}}``.
+    ``targets`` defaults to ONNX. ``evaluator`` picks the task metric verification records
+    (``edgekit.evaluate``: a name, ``package.module:function`` or an Evaluator; default: accuracy
+    on labelled ``eval_data``).
+
+    ``recipe`` (an ``edgekit.optimize.recipe.Recipe``, a YAML/JSON path or a mapping) first runs the
+    recipe's prune/distill stages and then converts with its targets and precisions, gating every
+    stage on the task metric (``edgekit.optimize.pipeline.run_recipe``; ``targets``/``precisions``
+    given here override the recipe's). The recipe and its stage report (``record``) are stored in
+    every manifest.
 
     >>> arts = edgekit.convert(net, (x,), targets=["onnx"], precisions=["fp32", "int8-dynamic"])  # doctest: +SKIP
     >>> arts[0].verification.passed  # doctest: +SKIP
@@ -85,7 +100,15 @@ def convert(
     from edgekit.options import options_dict, parse_options
     from edgekit.sources import resolve_source
 
-    formats = Format.parse_list(targets)
+    if recipe is not None:
+        from edgekit.optimize.pipeline import run_recipe
+
+        return run_recipe(recipe, model, example_inputs, targets=targets, precisions=precisions, out=out,
+                          calib=calib, eval_data=eval_data, options=options, name=name,
+                          input_names=input_names, output_names=output_names, dynamic_axes=dynamic_axes,
+                          weights=weights, seq_len=seq_len, preprocess=preprocess, keep_going=keep_going,
+                          progress=progress).artifacts
+    formats = Format.parse_list(targets or ("onnx",))
     wanted = Precision.parse_list(precisions) if precisions is not None else None
     converters = [CONVERTERS.get(f)() for f in formats]
     for conv in converters:
@@ -94,6 +117,10 @@ def convert(
 
     source = resolve_source(model, example_inputs, input_names=input_names, output_names=output_names,
                             dynamic_axes=dynamic_axes, weights=weights, seq_len=seq_len)
+    if preprocess:  # what the runtime's task pipelines need (labels, tokenizer, image spec)
+        from edgekit.sources.module import with_preprocess
+
+        source = with_preprocess(source, preprocess)
     calibration = load_calibration(calib, source) if calib is not None else source.calibration
     evaluation = load_eval(eval_data, source) if eval_data is not None else source.evaluation
     plan = {c.format: wanted or c.default_precisions(calibration is not None, source.task)
@@ -110,7 +137,7 @@ def convert(
     feeds = [source.example_inputs]
     if calibration is not None:
         feeds += list(calibration.take(VERIFY_SAMPLES).batches(8))
-    reference = Reference.build(source, feeds, evaluation)
+    reference = Reference.build(source, feeds, evaluation, evaluator)
     out_dir = Path(out)
     base_name = _safe_name(name or source.name)
     artifacts: list[Artifact] = []
@@ -136,7 +163,7 @@ def convert(
                 try:
                     artifacts.append(_build_one(conv, base, precision, base_name, ctx, reference,
                                                 out_dir, assets, export_s,
-                                                options_dict(opts[conv.format])))
+                                                options_dict(opts[conv.format]), record))
                 except EdgekitError as e:
                     if not keep_going:
                         raise
@@ -178,7 +205,7 @@ def _stage_assets(source: Any, stage: Path, base_name: str) -> dict[str, Any]:
 
 def _build_one(conv: Any, base: Any, precision: Precision, base_name: str, ctx: Any,
                reference: Any, out_dir: Path, assets: dict[str, Any],
-               export_s: float, options: dict[str, Any]) -> Artifact:
+               export_s: float, options: dict[str, Any], record: Mapping[str, Any] | None = None) -> Artifact:
     from edgekit.isolation import run_isolated
     from edgekit.runtime import load
     from edgekit.verify import compare
@@ -213,7 +240,8 @@ def _build_one(conv: Any, base: Any, precision: Precision, base_name: str, ctx: 
         conversion={"route": built.route, "export_seconds": round(export_s, 3),
                     "build_seconds": round(seconds, 3), **built.details},
         versions=library_versions(*conv.distributions), verification=verification,
-        preprocess=preprocess, runtime_hints=dict(built.runtime_hints))
+        preprocess=preprocess, runtime_hints=dict(built.runtime_hints),
+        recipe=dict(record) if record is not None else None)
     mpath = manifest_path(built.model)
     write_json_atomic(mpath, manifest.to_dict())
     if assets and assets["dir"].exists():  # the first variant published moves them out of staging
