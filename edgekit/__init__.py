@@ -20,9 +20,11 @@ from edgekit.errors import (
     DeviceUnavailableError,
     EdgekitError,
     ExportError,
+    GateError,
     InputError,
     MissingDependencyError,
     QuantizationError,
+    RecipeError,
     RuntimeFailure,
     SourceError,
     VerificationError,
@@ -34,6 +36,7 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:
     from edgekit.conversion import Artifact, convert
     from edgekit.harness import BenchResult, benchmark
+    from edgekit.optimize.recipe import Recipe, load_recipe
     from edgekit.runtime import Model, load
 
 # public name -> module that defines it, imported on first use
@@ -41,6 +44,7 @@ _LAZY = {
     "convert": "edgekit.conversion", "Artifact": "edgekit.conversion",
     "load": "edgekit.runtime", "Model": "edgekit.runtime",
     "benchmark": "edgekit.harness", "BenchResult": "edgekit.harness",
+    "Recipe": "edgekit.optimize.recipe", "load_recipe": "edgekit.optimize.recipe",
 }
 
 
@@ -54,6 +58,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "convert", "load", "benchmark", "Artifact", "Model", "BenchResult",
+    "Recipe", "load_recipe", "GateError", "RecipeError",
     "Format", "Precision", "Device", "Signature", "TensorSpec",
     "EdgekitError", "ArtifactError", "CalibrationError", "ConfigError", "ConversionError",
     "DeviceUnavailableError", "ExportError", "InputError", "MissingDependencyError",

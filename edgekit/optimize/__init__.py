@@ -13,6 +13,10 @@ from typing import Any
 # public name -> module that defines it, imported on first use (no name equal to a submodule's)
 _LAZY = {
     "prune_source": "edgekit.optimize.prune", "PruneResult": "edgekit.optimize.prune",
+    "DistillResult": "edgekit.optimize.distill",
+    "Recipe": "edgekit.optimize.recipe", "load_recipe": "edgekit.optimize.recipe",
+    "dump_recipe": "edgekit.optimize.recipe", "run_recipe": "edgekit.optimize.pipeline",
+    "SensitivityReport": "edgekit.optimize.sensitivity",
 }
 
 
