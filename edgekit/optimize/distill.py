@@ -284,7 +284,12 @@ def distill(
                          for c in np.array_split(idx, max(1, len(idx) // max(batch_size, 32)))]
             return sum(parts) / len(idx)
 
-        params = [p for p in s_mod.parameters() if p.requires_grad] + list(proj.parameters())
+        params = [p for p in s_mod.parameters() if p.requires_grad]
+        if not params:
+            raise ConfigError("the student has no trainable parameters (every requires_grad is False)",
+                              fix="unfreeze it first: student.requires_grad_(True) (a copy of a frozen "
+                              "model inherits its flags)")
+        params += list(proj.parameters())
         optimizer = torch.optim.AdamW(params, lr=lr)
         settings = {"temperature": temperature, "alpha": alpha, "hidden_weight": hidden_weight, "lr": lr,
                     "layer_map": lmap, "soft_loss": soft_loss, "batch_size": batch_size, "grad_accum": grad_accum,

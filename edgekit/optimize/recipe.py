@@ -204,7 +204,7 @@ class PruneStage(_Section):
     method: str = "structured"
     targets: tuple[str, ...] | None = None  # subset of channels, ffn, heads, layers; None: the pruner's
     importance: str = "magnitude"
-    scope: str = "global"
+    scope: str | None = None  # None: the pruner's (per layer for transformers, so GGUF gets uniform layers)
     exclude: tuple[str, ...] = ()
     max_drop: float | None = None
     step_back: tuple[float, ...] | None = None  # milder sparsities to try on a failed gate; None: halve twice
@@ -214,7 +214,8 @@ class PruneStage(_Section):
         self._range("sparsity", 0.0, 1.0, low_open=True, high_open=True, why=why)
         self._one_of("method", PRUNE_METHODS)
         self._one_of("importance", IMPORTANCE)
-        self._one_of("scope", SCOPES)
+        if self.scope is not None:
+            self._one_of("scope", SCOPES)
         self._range("max_drop", 0.0)
         for i, t in enumerate(self.targets or ()):
             if t not in PRUNE_TARGETS:
