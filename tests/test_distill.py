@@ -13,14 +13,7 @@ from torch import nn
 from edgekit.errors import ConfigError
 from edgekit.optimize.distill import derive_layer_map, distill
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models train faster on one thread, most of all on a shared, busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _toy() -> tuple[np.ndarray, np.ndarray]:
