@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
+import os
 import platform
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -45,3 +48,19 @@ def torch_feed(feed: dict[str, np.ndarray]) -> dict[str, Any]:
     import torch
 
     return {n: torch.from_numpy(v) for n, v in feed.items()}
+
+
+def add_timing_args(ap: argparse.ArgumentParser, *, warmup: int, rounds: int, block: int,
+                    threads: int = 2) -> None:
+    """The interleaved-timing options every side-by-side bench takes."""
+    ap.add_argument("--threads", type=int, default=threads)
+    ap.add_argument("--warmup", type=int, default=warmup)
+    ap.add_argument("--rounds", type=int, default=rounds)
+    ap.add_argument("--block", type=int, default=block)
+
+
+def offline_quiet() -> None:
+    """No hub lookups, no tokenizer thread pool next to the timed runtimes, no library warnings."""
+    warnings.simplefilter("ignore")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")

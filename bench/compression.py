@@ -29,12 +29,11 @@ import json
 import os
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import cpu_model  # bench/ is on sys.path when run as a script
+from _common import add_timing_args, cpu_model, offline_quiet  # bench/ is on sys.path when run as a script
 from pruning_sparse import timed_round_robin
 
 HERE = Path(__file__).resolve().parent
@@ -59,17 +58,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kd-batch", type=int, default=16)
     ap.add_argument("--kd-lr", type=float, default=1e-4)
     ap.add_argument("--test-items", type=int, default=None, help="default: the whole R8 test split")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--warmup", type=int, default=20)
-    ap.add_argument("--rounds", type=int, default=30)
-    ap.add_argument("--block", type=int, default=5)
+    add_timing_args(ap, warmup=20, rounds=30, block=5)
     ap.add_argument("--work", type=Path, default=HERE / "results" / "compression")
     ap.add_argument("--out", type=Path, default=HERE / "results")
     args = ap.parse_args(argv)
 
-    warnings.simplefilter("ignore")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    offline_quiet()
     sys.path.insert(0, str(ROOT))
     import torch
 

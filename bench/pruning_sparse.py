@@ -23,13 +23,17 @@ import json
 import os
 import sys
 import time
-import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import cpu_model, text_feed  # bench/ is on sys.path when run as a script
+from _common import (  # bench/ is on sys.path when run as a script
+    add_timing_args,
+    cpu_model,
+    offline_quiet,
+    text_feed,
+)
 from text_model import default_corpus, mean_pool, split_corpus
 
 HERE = Path(__file__).resolve().parent
@@ -67,18 +71,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", type=Path, default=None, help="HF model dir (default: all-MiniLM-L6-v2)")
     ap.add_argument("--sparsity", type=float, default=0.5)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--warmup", type=int, default=30)
-    ap.add_argument("--rounds", type=int, default=40)
-    ap.add_argument("--block", type=int, default=5)
+    add_timing_args(ap, warmup=30, rounds=40, block=5)
     ap.add_argument("--holdout", type=int, default=64)
     ap.add_argument("--work", type=Path, default=HERE / "results" / "pruning_sparse")
     ap.add_argument("--out", type=Path, default=HERE / "results")
     args = ap.parse_args(argv)
 
-    warnings.simplefilter("ignore")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    offline_quiet()
     import edgekit
     from edgekit.optimize.prune import prune_source
     from edgekit.sources import resolve_source
