@@ -88,6 +88,7 @@ class MatrixRow:
     throughput: float | None = None  # items per second
     peak_rss_mb: float | None = None
     speedup_vs_eager: float | None = None  # eager p50 / this row's p50: above 1 is faster
+    eager_p50_ms: float | None = None  # eager timed again just before this row (the ratio's numerator)
     runtime: str | None = None
     device: str | None = None
     mode: str | None = None  # isolated | in-process
