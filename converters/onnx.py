@@ -145,7 +145,7 @@ class OnnxConverter(Converter):
         src = ctx.source
         if src.exported_program is not None:
             return src.exported_program
-        args, shapes = _export_args(src)
+        args, shapes = src.export_args()
         try:
             with quiet():
                 # the wrapper takes *args, so the specs nest one level: (per-input specs,)
@@ -185,28 +185,6 @@ class OnnxConverter(Converter):
             check.raise_if_missing(self.format.value, precision.value)
         companions = sorted(p for p in out.parent.glob(out.name + ".data"))
         return Built(out, companions, route, details)
-
-
-def _export_args(src: Any) -> tuple[tuple, tuple]:
-    """Example tensors (dynamic axes widened to >= 2, which torch.export would specialize) and
-    dynamic shape specs.
-
-    ``Dim.DYNAMIC`` lets torch.export infer each axis' range and its equalities with other
-    axes: a named, unbounded ``Dim`` fails on models that bound an axis (BERT's position
-    embeddings cap the sequence length). The names come back in ``name_dynamic_axes``.
-    """
-    import torch
-
-    args, shapes = [], []
-    for name in src.input_names:
-        arr = src.example_inputs[name]
-        axes = src.dynamic_axes.get(name, {})
-        for axis in axes:
-            if arr.shape[axis] < 2:
-                arr = np.repeat(arr, 2, axis=axis)
-        args.append(torch.from_numpy(np.ascontiguousarray(arr)))
-        shapes.append({axis: torch.export.Dim.DYNAMIC for axis in axes} or None)
-    return tuple(args), tuple(shapes)
 
 
 def _to_onnx(program: Any, ctx: BuildContext, opts: OnnxOptions) -> Any:

@@ -19,8 +19,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from edgekit.converters import CONVERTERS, BuildContext, Built, Converter
 from edgekit.errors import CalibrationError, ConfigError, ExportError, QuantizationError
 from edgekit.quiet import quiet as _quiet
@@ -227,18 +225,10 @@ def _torch_export(ctx: BuildContext) -> Any:
     src = ctx.source
     if src.exported_program is not None:
         return src.exported_program
-    args, shapes = [], []
-    for name in src.input_names:
-        arr = src.example_inputs[name]
-        axes = src.dynamic_axes.get(name, {})
-        for axis in axes:
-            if arr.shape[axis] < 2:
-                arr = np.repeat(arr, 2, axis=axis)
-        args.append(torch.from_numpy(np.ascontiguousarray(arr)))
-        shapes.append({axis: torch.export.Dim.DYNAMIC for axis in axes} or None)
+    args, shapes = src.export_args()
     try:
         with quiet():
-            return torch.export.export(src.module, tuple(args), dynamic_shapes=(tuple(shapes),), strict=False)
+            return torch.export.export(src.module, args, dynamic_shapes=(shapes,), strict=False)
     except Exception as e:  # torch.export raises many types (UserError, GuardOnDataDependent...)
         raise ExportError(f"torch.export could not trace {src.name}: {_message(e)}",
                           fix="make forward() traceable (no data-dependent Python control flow), "

@@ -55,6 +55,24 @@ class ModelSource:
         return {n: o.detach().float().numpy() if o.is_floating_point() else o.numpy()
                 for n, o in zip(self.output_names, outs)}
 
+    def export_args(self) -> tuple[tuple, tuple]:
+        """``torch.export`` arguments: example tensors in input order (sizes of 1 on a dynamic axis
+        widened to 2, which torch.export would specialize) and ``Dim.DYNAMIC`` shape specs, which
+        let it infer each axis' range and its equalities with other axes (a named, unbounded
+        ``Dim`` fails on models that bound an axis: BERT's position table caps the sequence)."""
+        import torch
+
+        args, shapes = [], []
+        for name in self.input_names:
+            arr = self.example_inputs[name]
+            axes = self.dynamic_axes.get(name, {})
+            for axis in axes:
+                if arr.shape[axis] < 2:
+                    arr = np.repeat(arr, 2, axis=axis)
+            args.append(torch.from_numpy(np.ascontiguousarray(arr)))
+            shapes.append({axis: torch.export.Dim.DYNAMIC for axis in axes} or None)
+        return tuple(args), tuple(shapes)
+
     def describe(self) -> dict[str, Any]:
         """Provenance for the manifest."""
         return {"kind": self.kind, "name": self.name, "location": self.location,
