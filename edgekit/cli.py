@@ -105,6 +105,26 @@ def _options(values: tuple[str, ...], formats: list[Format]) -> dict[str, dict[s
     return opts
 
 
+def _dims(values: tuple[str, ...]) -> dict[str, int]:
+    """``--dim sequence=128`` -> ``{"sequence": 128}``."""
+    try:
+        return {k: int(v) for k, v in _parse_kv(values, "--dim").items()}
+    except ValueError as e:
+        raise ConfigError(f"--dim takes NAME=SIZE with a whole number: {e}",
+                          fix="write e.g. --dim sequence=128") from e
+
+
+def _publish(payload: Any, save_path: Path | None, as_json: bool) -> bool:
+    """Write ``payload`` to ``--save`` and print it with ``--json``; True when a table is wanted."""
+    if save_path:
+        from edgekit.fsutil import write_json_atomic
+
+        write_json_atomic(save_path, payload)
+    if as_json:
+        _emit_json(payload)
+    return not as_json
+
+
 def _shapes(values: tuple[str, ...]) -> dict[str, Any] | None:
     """``--shape pixels=1x3x32x32[:float32]`` -> zero-filled example arrays."""
     if not values:
@@ -475,12 +495,11 @@ def bench(artifacts: tuple[Path, ...], device: str, runtime: str | None, threads
         raise click.UsageError(f"{', '.join(matrix_only)} only apply with --matrix SRC")
     if not artifacts:
         raise click.UsageError("give one or more ARTIFACTS to benchmark, or --matrix SRC")
-    from edgekit.fsutil import write_json_atomic
     from edgekit.harness import SCHEMA, benchmark
     from edgekit.report import bench_table
 
     with _errors():
-        sizes = {k: int(v) for k, v in _parse_kv(dims, "--dim").items()}
+        sizes = _dims(dims)
         results = []
         with _progress(not as_json) as progress:
             for i, path in enumerate(artifacts):
@@ -491,11 +510,7 @@ def bench(artifacts: tuple[Path, ...], device: str, runtime: str | None, threads
                                          runs=runs, min_time=min_time, isolated=isolated,
                                          task_inputs=_task_inputs(texts, images, path)))
         payload = {"schema": SCHEMA, "results": [r.to_dict() for r in results]}
-        if save_path:
-            write_json_atomic(save_path, payload)
-        if as_json:
-            _emit_json(payload)
-        else:
+        if _publish(payload, save_path, as_json):
             console.print(bench_table(results))
             if any(r.stages for r in results):
                 console.print(_stages_table(results))

@@ -98,3 +98,10 @@ def test_errors_are_one_line_and_a_fix_with_exit_codes(tmp_path: Path) -> None:
     assert "unknown format 'coreml'" in proc.stderr and "onnx, openvino, tflite, gguf" in proc.stderr
     proc = subprocess.run([*EDGEKIT, "run", str(tmp_path / "nope.onnx")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "no such file or directory" in proc.stderr and "fix:" in proc.stderr
+
+
+def test_bench_dim_must_be_a_whole_number(default_run: tuple[Path, dict]) -> None:
+    out, _ = default_run
+    res = CliRunner().invoke(main, ["bench", str(out / "digits-cnn-fp32.onnx"), "--dim", "batch=two"])
+    assert res.exit_code == 2 and "--dim takes NAME=SIZE with a whole number" in res.output
+    assert "fix: write e.g. --dim sequence=128" in res.output
