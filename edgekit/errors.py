@@ -101,3 +101,11 @@ class GateError(EdgekitError):
 
 class RuntimeFailure(EdgekitError):
     """The runtime failed while loading or running a valid-looking artifact."""
+
+
+class RemoteDeviceError(EdgekitError):
+    """A device reached over SSH that cannot be connected to, trusted or used; names the device."""
+
+    def __init__(self, device: str, problem: str, *, fix: str | None = None) -> None:
+        super().__init__(f"device {device}: {problem}", fix=fix)
+        self.device = device

@@ -74,6 +74,7 @@ class BenchResult:
     inputs: dict[str, list[int]] = field(default_factory=dict)
     task: str | None = None  # set by a task benchmark (measure_task): latency is then end to end
     stages: dict[str, LatencyStats] = field(default_factory=dict)  # preprocess, inference, postprocess
+    host: dict[str, Any] | None = None  # where it ran: edgekit.host.host_info(), a device's for --on
     schema: str = SCHEMA
 
     def to_dict(self) -> dict[str, Any]:
