@@ -53,6 +53,10 @@ def __getattr__(name: str) -> Any:
         import importlib
 
         return getattr(importlib.import_module(_LAZY[name]), name)
+    if name == "devices":  # edgekit.devices.connect("ssh://..."), imported on first use
+        import importlib
+
+        return importlib.import_module("edgekit.devices")
     raise AttributeError(f"module 'edgekit' has no attribute {name!r}")
 
 

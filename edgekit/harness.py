@@ -209,8 +209,11 @@ def benchmark(path: str | Path, *, device: str = "cpu", runtime: str | None = No
               runs: int | None = None, min_time: float = 2.0, isolated: bool = False,
               timeout: float = 600.0, progress: ProgressFn | None = None,
               options: Mapping[str, Any] | None = None,
-              task_inputs: Sequence[str] | None = None) -> BenchResult:
+              task_inputs: Sequence[str] | None = None, on: Any = None) -> BenchResult:
     """Load and benchmark one artifact; never raises for a bad artifact, returns a failed row.
+
+    ``on`` measures on a device instead (a saved name, ``ssh://user@host``, or a connected
+    :class:`edgekit.devices.Device`): the artifact is pushed and the same harness runs there, isolated.
 
     ``task_inputs`` (texts, or image paths for an image model) measure the artifact's task end to
     end instead of bare ``run`` calls: see :func:`measure_task`.
@@ -224,6 +227,10 @@ def benchmark(path: str | Path, *, device: str = "cpu", runtime: str | None = No
     kwargs = dict(device=device, runtime=runtime, threads=threads, batch=batch, dims=dict(dims or {}),
                   warmup=warmup, runs=runs, min_time=min_time, options=dict(options or {}),
                   task_inputs=list(task_inputs) if task_inputs is not None else None)
+    if on is not None:
+        from edgekit.devices.remote import bench_on
+
+        return bench_on(on, path, inputs=inputs, timeout=timeout, **kwargs)
     if isolated:
         return _isolated(path, inputs, kwargs, timeout)
     from edgekit.runtime import load

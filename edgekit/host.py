@@ -99,24 +99,29 @@ def _thermal_c() -> float | None:
     return max(temps) if temps else None
 
 
-def _usable(name: str) -> list[str]:
-    """What a runtime can use here (execution providers, devices); imports the runtime."""
+# what a runtime can use here (execution providers, devices): one expression per runtime
+_PROBES = {
+    "onnxruntime": "list(__import__('onnxruntime').get_available_providers())",
+    "openvino": "list(__import__('openvino').Core().available_devices)",
+    "llamacpp": "['CPU', 'GPU'] if __import__('llama_cpp').llama_supports_gpu_offload() else ['CPU']",
+}
+
+
+def _usable(name: str, module: str) -> list[str]:
+    """Probe one runtime in its own process: some runtimes crash when another is loaded beside
+    them (onnxruntime with ai-edge-litert under qemu), and a crash must not take this call down."""
+    import subprocess
+
+    expr = _PROBES.get(name, f"__import__({module!r}) and ['CPU']")
+    code = f"import json; print(json.dumps({expr}))"
     try:
-        if name == "onnxruntime":
-            import onnxruntime
-
-            return list(onnxruntime.get_available_providers())
-        if name == "openvino":
-            import openvino
-
-            return list(openvino.Core().available_devices)
-        if name == "llamacpp":
-            import llama_cpp
-
-            return ["CPU", "GPU"] if llama_cpp.llama_supports_gpu_offload() else ["CPU"]
-        return ["CPU"]
-    except Exception as e:  # a runtime that is installed but cannot start is reported, not raised
-        return [f"unusable: {type(e).__name__}: {e}"[:200]]
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.SubprocessError) as e:
+        return [f"unusable: {e}"[:200]]
+    if done.returncode != 0:
+        why = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+        return [f"unusable: {why}"[:200]]
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def runtimes(probe: bool = False) -> dict[str, dict[str, Any]]:
@@ -126,7 +131,7 @@ def runtimes(probe: bool = False) -> dict[str, dict[str, Any]]:
         ver = _version(dist)
         if ver is None or util.find_spec(module) is None:
             continue
-        out[name] = {"version": ver, **({"can_use": _usable(name)} if probe else {})}
+        out[name] = {"version": ver, **({"can_use": _usable(name, module)} if probe else {})}
     return out
 
 

@@ -47,7 +47,9 @@ unshare -m --propagation private sh -euc '
     chroot "$root" python3 -m venv /opt/edgekit-venv
     chroot "$root" /opt/edgekit-venv/bin/pip install -q --no-index --find-links /wheels \
         numpy onnxruntime ai-edge-litert click rich tokenizers pillow
-    chroot "$root" /opt/edgekit-venv/bin/python -c "import numpy, onnxruntime, ai_edge_litert.interpreter"
+    # one runtime per process, as edgekit runs them: under qemu-user, onnxruntime and ai-edge-litert
+    # imported into the same process crash (SIGSEGV)
+    for m in numpy onnxruntime ai_edge_litert.interpreter; do chroot "$root" /opt/edgekit-venv/bin/python -c "import $m"; done
 ' sh "$tmp" "$wheels"
 rmdir "$tmp/wheels"
 mkdir -p "$tmp/root/.ssh" && chmod 700 "$tmp/root/.ssh"

@@ -49,10 +49,12 @@ def runtime_for(path: str | Path, runtime: str | None = None) -> tuple[str, str]
 class Device:
     """One device; the SSH connection opens on first use and reopens after a broken link."""
 
-    def __init__(self, spec: DeviceSpec, *, accept_new_host_key: bool = False, io_timeout: float = 120.0) -> None:
+    def __init__(self, spec: DeviceSpec, *, accept_new_host_key: bool = False, io_timeout: float = 120.0,
+                 margin: float = 60.0) -> None:
         self.spec = spec
         self.link = SSHLink(spec, accept_new_host_key=accept_new_host_key)
-        self.io_timeout = io_timeout
+        self.io_timeout = io_timeout  # a stalled file transfer fails after this long
+        self.margin = margin  # a remote bench/run may take its timeout plus this (start-up, placing files)
         self.last_push: PushReport | None = None
 
     @property
@@ -150,7 +152,7 @@ class Device:
         job = {**b.job(self.spec.workdir), "name": self.name, "timeout": timeout,
                "options": {"runtime": runtime, **options}}
         try:
-            reply = self.agent("bench", job, stdin=_npz_bytes(inputs), timeout=timeout + 60)
+            reply = self.agent("bench", job, stdin=_npz_bytes(inputs), timeout=timeout + self.margin)
         except RemoteDeviceError as e:
             if not self._is_link_failure(e):
                 raise
@@ -174,7 +176,7 @@ class Device:
         np.savez(buf, **_pack(feeds))
         job = {**b.job(self.spec.workdir), "name": self.name, "timeout": timeout,
                "options": {"runtime": runtime, **options} if runtime else options}
-        reply = self.agent("run", job, stdin=buf.getvalue(), timeout=timeout + 60)
+        reply = self.agent("run", job, stdin=buf.getvalue(), timeout=timeout + self.margin)
         import base64
 
         with np.load(io.BytesIO(base64.b64decode(reply["outputs"])), allow_pickle=False) as z:
@@ -206,6 +208,14 @@ def _push_dict(report: PushReport | None) -> dict[str, Any] | None:
         return None
     return {"sent_bytes": report.sent_bytes, "reused_bytes": report.reused_bytes,
             "files_sent": report.files_sent, "seconds": round(report.seconds, 3)}
+
+
+def bench_on(on: str | DeviceSpec | Device, path: str | Path, **kwargs: Any) -> BenchResult:
+    """:meth:`Device.bench` on a device, a saved name or an ``ssh://`` address (connected for this call)."""
+    if isinstance(on, Device):
+        return on.bench(path, **kwargs)
+    with connect(on) as device:
+        return device.bench(path, **kwargs)
 
 
 def connect(target: str | DeviceSpec, *, accept_new_host_key: bool = False) -> Device:

@@ -17,14 +17,14 @@ from edgekit.errors import ConfigError, RemoteDeviceError
 
 @dataclass(frozen=True)
 class SetupPlan:
-    """The pip command that will run on the device, shown to the user before it runs."""
+    """The pip commands that will run on the device, shown to the user before they run."""
 
     device: str
-    argv: list[str]
+    commands: list[list[str]]
     wheel: Path | None
 
     def describe(self) -> str:
-        return " ".join(self.argv)
+        return "\n".join(" ".join(c) for c in self.commands)
 
 
 def plan(device: Device, runtime: str = "onnxruntime", *, wheel: str | Path | None = None,
@@ -36,30 +36,32 @@ def plan(device: Device, runtime: str = "onnxruntime", *, wheel: str | Path | No
         raise ConfigError(f"unknown runtime {unknown[0]!r} for a device",
                           fix=f"use one of: {', '.join(EXTRAS)} (comma-separated for several)")
     extra = ",".join(EXTRAS[r] for r in extras)
-    target = "edgekit"
+    pip = [device.spec.python, "-m", "pip", "install", "--disable-pip-version-check",
+           *(["--no-index"] if offline else [])]
     w = Path(wheel).expanduser() if wheel else None
-    if w is not None:
-        if not w.is_file() or not w.name.endswith(".whl"):
-            raise ConfigError(f"{w} is not a wheel file", fix="build one with: pip wheel --no-deps -w dist .")
-        target = f"<pushed>/{w.name}"
-    argv = [device.spec.python, "-m", "pip", "install", "--disable-pip-version-check",
-            *(["--no-index"] if offline else []), f"{target}[{extra}]"]
-    return SetupPlan(device.name, argv, w)
+    if w is None:
+        return SetupPlan(device.name, [[*pip, f"edgekit[{extra}]"]], None)
+    if not w.is_file() or not w.name.endswith(".whl"):
+        raise ConfigError(f"{w} is not a wheel file", fix="build one with: pip wheel --no-deps -w dist .")
+    target = f"<pushed>/{w.name}"  # the dependencies, then this very wheel even if the version is unchanged
+    return SetupPlan(device.name, [[*pip, f"{target}[{extra}]"], [*pip, "--no-deps", "--force-reinstall", target]], w)
 
 
 def setup(device: Device, p: SetupPlan, *, timeout: float = 1800.0) -> str:
     """Run the plan on the device; pip's last lines, or a :class:`RemoteDeviceError` with them."""
-    argv = list(p.argv)
+    commands = p.commands
     if p.wheel is not None:
         b = Bundle(p.wheel.name, (FileEntry(p.wheel.name, p.wheel, _hash(p.wheel), p.wheel.stat().st_size),))
         push(device, b)
-        placed = device.agent("place", b.job(device.spec.workdir), timeout=120)
-        argv[-1] = argv[-1].replace(f"<pushed>/{p.wheel.name}", placed["model"])
-    done = device.link.run(argv, timeout=timeout)
-    text = (done.stdout + done.stderr).decode(errors="replace").strip()
-    tail = "\n".join(text.splitlines()[-5:])
-    if done.returncode != 0:
-        raise RemoteDeviceError(device.name, f"pip install failed on the device (exit {done.returncode}): {tail}",
-                                fix="read pip's message above; a device without an index needs the wheels "
-                                "there first (pip download --platform ... on this machine, then --find-links)")
+        placed = device.agent("place", b.job(device.spec.workdir), timeout=120)["model"]
+        commands = [[a.replace(f"<pushed>/{p.wheel.name}", placed) for a in c] for c in commands]
+    tail = ""
+    for argv in commands:
+        done = device.link.run(argv, timeout=timeout)
+        text = (done.stdout + done.stderr).decode(errors="replace").strip()
+        tail = "\n".join(text.splitlines()[-5:])
+        if done.returncode != 0:
+            raise RemoteDeviceError(device.name, f"pip install failed on the device (exit {done.returncode}): {tail}",
+                                    fix="read pip's message above; a device without an index needs the wheels "
+                                    "there first (pip download --platform ... on this machine, then --find-links)")
     return tail
