@@ -1,0 +1,156 @@
+"""``edgekit serve``'s OpenAI-compatible routes, spoken by the real ``openai`` client: embeddings
+from a tiny sentence-transformers BERT (ONNX), completions and chat from a tiny GGUF Llama, greedy
+answers equal to ``edgekit.load(...).generate/chat``, streamed equal to non-streamed, and a
+client killed mid-stream leaving the server healthy.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import edgekit
+from tests.test_serve import TIMEOUT, ThreadServer
+from tests.test_tasks import TEXTS, _convert, emb_dir, probe_cache  # noqa: F401 (fixtures, by name)
+
+openai = pytest.importorskip("openai", reason="pip install openai")
+pytest.importorskip("llama_cpp", reason="pip install 'edgekit[llamacpp]'")
+pytest.importorskip("gguf")
+
+PROMPT = "The council announced"
+MESSAGES = [{"role": "user", "content": "How deep is the river?"}]
+
+
+@pytest.fixture(scope="module")
+def emb(emb_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: F811
+    return _convert(emb_dir, tmp_path_factory.mktemp("emb_out"), ["onnx"])["onnx"]
+
+
+@pytest.fixture(scope="module")
+def lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 1-layer Llama with test_gguf's BPE tokenizer and chat template, as f16 GGUF."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tests.test_gguf import _save
+    from tests.test_gguf import _tokenizer as bpe_tokenizer
+
+    tmp = tmp_path_factory.mktemp("lm")
+    (tmp / "tok").mkdir()
+    bpe_tokenizer(tmp / "tok")
+    cfg = LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
+                      bos_token_id=1, eos_token_id=2, pad_token_id=2, architectures=["LlamaForCausalLM"])
+    src = _save(LlamaForCausalLM(cfg), tmp / "llama", tmp / "tok")
+    (art,) = edgekit.convert(src, targets=["gguf"], precisions=["f16"], out=tmp / "out", name="lm")
+    return art.path
+
+
+@pytest.fixture(scope="module")
+def server(emb: Path, lm: Path) -> Iterator[ThreadServer]:
+    srv = ThreadServer([emb, lm], threads=1, queue_size=16)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server: ThreadServer) -> Any:
+    return openai.OpenAI(base_url=f"http://{server.url}/v1", api_key="unused", timeout=TIMEOUT, max_retries=0)
+
+
+def test_models_lists_every_artifact(client: Any) -> None:
+    assert sorted(m.id for m in client.models.list()) == ["lm-f16", "tiny-st-fp32"]
+
+
+def test_embeddings_equal_model_embed(client: Any, server: ThreadServer, emb: Path) -> None:
+    with edgekit.load(emb) as m:
+        want = m.embed(TEXTS)
+    before = server.metric("edgekit_requests_total", model="tiny-st-fp32", endpoint="embeddings", status="200")
+    got = client.embeddings.create(model="tiny-st-fp32", input=TEXTS)  # the client asks for base64
+    np.testing.assert_allclose(np.array([d.embedding for d in got.data]), want, atol=1e-5)
+    plain = client.embeddings.create(model="tiny-st-fp32", input=TEXTS[0], encoding_format="float")
+    np.testing.assert_allclose(plain.data[0].embedding, want[0], atol=1e-5)
+    assert got.usage.prompt_tokens > len(TEXTS) and got.usage.total_tokens == got.usage.prompt_tokens
+    after = server.metric("edgekit_requests_total", model="tiny-st-fp32", endpoint="embeddings", status="200")
+    assert after - before == 2
+
+
+def test_greedy_completion_streamed_equals_non_streamed_and_model_generate(client: Any, server: ThreadServer,
+                                                                           lm: Path) -> None:
+    with edgekit.load(lm) as m:
+        want = m.generate(PROMPT, max_tokens=12, temperature=0.0)
+        prompt_tokens = len(m.tokenize(PROMPT))
+    tokens_before = server.metric("edgekit_generated_tokens_total", model="lm-f16")
+    full = client.completions.create(model="lm-f16", prompt=PROMPT, max_tokens=12, temperature=0)
+    assert full.choices[0].text == want and want
+    assert full.usage.prompt_tokens == prompt_tokens
+    assert 0 < full.usage.completion_tokens <= 12
+    chunks = list(client.completions.create(model="lm-f16", prompt=PROMPT, max_tokens=12, temperature=0,
+                                            stream=True, stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == want
+    assert chunks[-1].usage.completion_tokens == full.usage.completion_tokens
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == full.choices[0].finish_reason
+    generated = server.metric("edgekit_generated_tokens_total", model="lm-f16") - tokens_before
+    assert generated == 2 * full.usage.completion_tokens
+
+
+def test_greedy_chat_streamed_equals_non_streamed_and_model_chat(client: Any, lm: Path) -> None:
+    with edgekit.load(lm) as m:
+        want = m.chat(MESSAGES, max_tokens=10, temperature=0.0)
+    full = client.chat.completions.create(model="lm-f16", messages=MESSAGES, max_tokens=10, temperature=0)
+    assert full.choices[0].message.content == want and full.choices[0].message.role == "assistant"
+    assert full.usage.prompt_tokens > 0 and full.usage.total_tokens > full.usage.prompt_tokens
+    stream = client.chat.completions.create(model="lm-f16", messages=MESSAGES, max_tokens=10, temperature=0,
+                                            stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in stream) == want
+
+
+def test_four_concurrent_streams_all_get_their_own_answer(client: Any, lm: Path) -> None:
+    prompts = ["The council", "A small team", "Researchers", "Farmers planted"]
+    with edgekit.load(lm) as m:
+        want = [m.generate(p, max_tokens=8, temperature=0.0) for p in prompts]
+
+    def stream(prompt: str) -> str:
+        chunks = client.completions.create(model="lm-f16", prompt=prompt, max_tokens=8, temperature=0, stream=True)
+        return "".join(c.choices[0].text for c in chunks)
+
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(stream, prompts * 2)) == want * 2
+
+
+def test_a_client_killed_mid_stream_leaves_the_server_healthy(client: Any, server: ThreadServer) -> None:
+    body = json.dumps({"model": "lm-f16", "prompt": PROMPT, "max_tokens": 200, "temperature": 0, "stream": True})
+    for _ in range(3):
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=TIMEOUT)
+        conn.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        assert resp.status == 200 and resp.readline().startswith(b"data: {")
+        conn.sock.close()  # gone mid-stream
+        conn.close()
+    full = client.completions.create(model="lm-f16", prompt=PROMPT, max_tokens=12, temperature=0)
+    assert full.choices[0].text and server.request("GET", "/v2/health/ready")[0] == 200
+    assert server.server.state.models["lm-f16"].batcher.depth == 0
+
+
+def test_generation_errors_are_openai_style_4xx(client: Any, server: ThreadServer) -> None:
+    cases = [
+        ({"model": "lm-f16", "prompt": PROMPT, "n": 2}, 400, "n other than 1"),
+        ({"model": "lm-f16", "prompt": PROMPT, "max_tokens": 0}, 400, "max_tokens must be"),
+        ({"model": "lm-f16", "prompt": [1, 2, 3]}, 400, "prompt must be a string"),
+        ({"model": "lm-f16", "prompt": PROMPT, "temperature": 9}, 400, "temperature must be"),
+        ({"model": "tiny-st-fp32", "prompt": PROMPT}, 400, "does not generate text"),
+        ({"model": "nope", "prompt": PROMPT}, 404, "no model named 'nope'"),
+    ]
+    for payload, status, problem in cases:
+        got, _, answer = server.post_json("/v1/completions", payload)
+        assert (got, problem in answer["error"]) == (status, True), answer
+    with pytest.raises(openai.BadRequestError):
+        client.embeddings.create(model="lm-f16", input="x")
+    got, _, answer = server.post_json("/v1/chat/completions", {"model": "lm-f16", "messages": "hi"})
+    assert got == 400 and "messages must be" in answer["error"]
