@@ -109,6 +109,12 @@ class Converter(ABC):
     def build(self, base: Any, precision: Precision, stem: str, ctx: BuildContext) -> Built:
         """Write the ``precision`` variant as ``<stem><suffix>`` (plus companions) in ``ctx.workdir``."""
 
+    def native_exclusions(self, base: Any) -> dict[str, Any]:
+        """This format's own converter option that keeps the layers named by ``exclude_layers`` (when
+        ``base`` was exported with them) unquantized, e.g. ``{"nodes_to_exclude": [...]}``."""
+        raise ConfigError(f"{self.format.value} cannot keep single layers unquantized",
+                          fix="leave exclude_layers out for this format")
+
     def verify(self, built: Built, precision: Precision, ctx: BuildContext,
                reference: Reference) -> tuple[Verification, Signature] | None:
         """Verify ``built`` this format's own way and return (verification, native signature), or

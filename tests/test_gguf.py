@@ -155,7 +155,7 @@ def _ids(hf_tok: Any) -> list[int]:
 
 # -- pure writer / reader tests (no llama.cpp needed) ---------------------------------------------
 def test_rotary_permutation_interleaves_the_two_halves_of_each_head() -> None:
-    from edgekit.converters._gguf_write import permute_rope
+    from edgekit.converters.gguf.write import permute_rope
 
     rows = np.arange(8, dtype=np.float32)[:, None]  # 2 heads of 4 rows: [a0 a1 b0 b1] per head
     out = permute_rope(rows, n_head=2)[:, 0].astype(int).tolist()
@@ -163,7 +163,7 @@ def test_rotary_permutation_interleaves_the_two_halves_of_each_head() -> None:
 
 
 def test_ggml_type_table_matches_the_gguf_package() -> None:
-    from edgekit.runtimes._gguf_file import GGML_TYPES
+    from edgekit.runtimes.llamacpp.gguf_file import GGML_TYPES
 
     for qtype, (block, size) in gguf.GGML_QUANT_SIZES.items():
         if int(qtype) in GGML_TYPES:
@@ -174,9 +174,9 @@ def test_ggml_type_table_matches_the_gguf_package() -> None:
 def test_metadata_round_trips_through_gguf_reader(llama_dir: Path, hf_tok: Any, tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM
 
-    from edgekit.converters._gguf_arch import arch_for
-    from edgekit.converters._gguf_tokenizer import read_vocab
-    from edgekit.converters._gguf_write import write_gguf
+    from edgekit.converters.gguf.arch import arch_for
+    from edgekit.converters.gguf.tokenizer import read_vocab
+    from edgekit.converters.gguf.write import write_gguf
     from edgekit.types import Precision
 
     model = AutoModelForCausalLM.from_pretrained(llama_dir)
@@ -206,13 +206,13 @@ def test_metadata_round_trips_through_gguf_reader(llama_dir: Path, hf_tok: Any, 
     assert tensors["blk.0.attn_norm.weight"].tensor_type.name == "F32"
     # the stored K rows are HF's rows permuted for llama.cpp's rotary layout
     hf_k = model.model.layers[0].self_attn.k_proj.weight.detach().numpy()
-    from edgekit.converters._gguf_write import permute_rope
+    from edgekit.converters.gguf.write import permute_rope
 
     np.testing.assert_array_equal(np.asarray(k.data), permute_rope(hf_k, KV_HEADS).astype(np.float16))
 
 
 def test_unsupported_architecture_names_the_supported_ones() -> None:
-    from edgekit.converters._gguf_arch import arch_for
+    from edgekit.converters.gguf.arch import arch_for
 
     with pytest.raises(SourceError) as e:
         arch_for("GPTNeoXForCausalLM")
@@ -261,7 +261,7 @@ def test_top1_counts_only_real_disagreements() -> None:
 
 def test_quantizer_failures_are_quantization_errors(tmp_path: Path) -> None:
     _llama_cpp()
-    from edgekit.converters._gguf_quantize import quantize
+    from edgekit.converters.gguf.quantize import quantize
     from edgekit.errors import QuantizationError
     from edgekit.types import Precision
 
@@ -296,14 +296,14 @@ def test_fp32_logits_match_pytorch(arts: dict[str, Any], hf_model: Any, hf_tok: 
 def test_without_the_rotary_permutation_the_file_loads_but_is_wrong(
         llama_dir: Path, hf_model: Any, hf_tok: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _llama_cpp()
-    from edgekit.converters import _gguf_write
-    from edgekit.converters._gguf_arch import arch_for
-    from edgekit.converters._gguf_tokenizer import read_vocab
+    from edgekit.converters.gguf import write as gguf_write
+    from edgekit.converters.gguf.arch import arch_for
+    from edgekit.converters.gguf.tokenizer import read_vocab
     from edgekit.types import Precision
 
-    monkeypatch.setattr(_gguf_write, "permute_rope", lambda w, n_head: w)
+    monkeypatch.setattr(gguf_write, "permute_rope", lambda w, n_head: w)
     path = tmp_path / "unpermuted.gguf"
-    _gguf_write.write_gguf(path, hf_model, arch_for("LlamaForCausalLM"), read_vocab(llama_dir, VOCAB, hf_model.config),
+    gguf_write.write_gguf(path, hf_model, arch_for("LlamaForCausalLM"), read_vocab(llama_dir, VOCAB, hf_model.config),
                            Precision.FP32, "bad")
     ids = _ids(hf_tok)
     expected = _torch_logits(hf_model, ids)
@@ -327,7 +327,7 @@ def test_fp16_and_q8_0_stay_close(arts: dict[str, Any], hf_model: Any, hf_tok: A
 
 
 def test_every_precision_loads_generates_and_holds_its_tensor_types(arts: dict[str, Any]) -> None:
-    from edgekit.runtimes._gguf_file import read_header
+    from edgekit.runtimes.llamacpp.gguf_file import read_header
 
     expected = {"fp32": "F32", "fp16": "F16", "bf16": "BF16", "q8_0": "Q8_0", "q4_0": "Q4_0", "q4_k_m": "Q4_K",
                 "q5_k_m": "Q5_K", "q6_k": "Q6_K"}
@@ -574,7 +574,7 @@ def test_options_and_devices(arts: dict[str, Any]) -> None:
 
 
 def test_importance_matrix_is_the_mean_square_of_each_weights_input(llama_dir: Path, hf_model: Any) -> None:
-    from edgekit.converters._gguf_imatrix import compute_imatrix
+    from edgekit.converters.gguf.imatrix import compute_imatrix
 
     ids = np.random.default_rng(0).integers(3, VOCAB, size=(2, 24))
     mask = np.ones_like(ids)

@@ -211,15 +211,21 @@ def test_cli_matrix_json_rows_and_a_missing_package(cli_env: tuple[Path, dict]) 
     assert json.loads((tmp / "out" / "matrix.json").read_text())["rows"] == data["rows"]
 
 
-def test_cli_matrix_options_need_matrix(cli_env: tuple[Path, dict]) -> None:
+def test_cli_matrix_options_belong_to_the_matrix_command(cli_env: tuple[Path, dict]) -> None:
     from click.testing import CliRunner
 
-    from edgekit.cli import main
+    from edgekit.cli import main, matrix_alias
 
     res = CliRunner().invoke(main, ["bench", "--resume", str(cli_env[0] / "x.onnx")])
-    assert res.exit_code == 2 and "--resume only apply with --matrix SRC" in res.output
+    assert res.exit_code == 2 and "No such option '--resume'" in res.output
     res = CliRunner().invoke(main, ["bench"])
-    assert res.exit_code == 2 and "--matrix SRC" in res.output
+    assert res.exit_code == 2 and "Missing argument 'ARTIFACTS...'" in res.output
+    # the one-release alias: bench --matrix SRC ... is matrix SRC ...
+    assert matrix_alias(["bench", "--matrix", "src", "--to", "onnx"]) == ["matrix", "src", "--to", "onnx"]
+    assert matrix_alias(["bench", "--json", "--matrix=src"]) == ["matrix", "src", "--json"]
+    assert matrix_alias(["bench", "a.onnx"]) == ["bench", "a.onnx"]
+    res = CliRunner().invoke(main, ["matrix"])
+    assert res.exit_code == 2 and "Missing argument 'SOURCE'" in res.output
 
 
 # --------------------------------------------------------------------------------------------

@@ -160,7 +160,7 @@ def test_accuracy_control_keeps_layers_in_float(ov_cnn: dict) -> None:
     assert control["quantized_ops_plain"] >= 4  # 3 convolutions and the head, all quantized at first
     assert control["kept_in_float"], "int8 flips near-boundary samples: some layer must go back to float"
     assert control["quantized_ops"] == control["quantized_ops_plain"] - len(control["kept_in_float"])
-    from edgekit.converters._openvino_graph import quantized_ops
+    from edgekit.converters.openvino.graph import quantized_ops
 
     model = ov.Core().read_model(str(art.path))
     compute = {op.get_friendly_name() for op in model.get_ops() if op.get_type_name() in ("Convolution", "MatMul")}

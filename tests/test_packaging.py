@@ -28,7 +28,7 @@ def test_converters_and_runtimes_install_under_the_edgekit_namespace(tmp_path: P
     # run from outside the repository, so only the installed mapping can resolve them
     out = _py("import edgekit.converters.onnx as c, edgekit.runtimes.onnxruntime as r; "
               "print(c.__file__); print(r.__file__)", tmp_path).splitlines()
-    assert Path(out[0]) == ROOT / "converters" / "onnx.py"
+    assert Path(out[0]) == ROOT / "converters" / "onnx" / "__init__.py"
     assert Path(out[1]) == ROOT / "runtimes" / "onnxruntime.py"
 
 
@@ -48,3 +48,16 @@ def test_registries_list_the_builtin_backends() -> None:
 
     assert Format.ONNX in CONVERTERS
     assert "onnxruntime" in RUNTIMES
+
+
+def test_every_package_directory_is_listed_for_the_wheel() -> None:
+    """A sub-package missing from ``[tool.setuptools] packages`` works editable and vanishes from a wheel."""
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    roots = {"edgekit": ROOT / "edgekit", "edgekit.converters": ROOT / "converters",
+             "edgekit.runtimes": ROOT / "runtimes"}
+    found = set()
+    for name, folder in roots.items():
+        for init in folder.rglob("__init__.py"):
+            rel = init.parent.relative_to(folder).parts
+            found.add(".".join((name, *rel)) if rel else name)
+    assert found - listed == set()

@@ -118,7 +118,7 @@ def test_eval_data_ranks_by_the_metric_drop(model: nn.Module, tmp_path: Path) ->
 
 
 def test_prune_masks_the_weakest_output_units_and_undoes_it() -> None:
-    from edgekit.optimize._sensitivity_perturb import Settings, get
+    from edgekit.optimize.perturb import Settings, get
 
     layer = nn.Linear(4, 4)
     with torch.no_grad():
@@ -153,7 +153,7 @@ def test_excluding_the_fragile_layer_restores_parity(plain: dict[str, Any], kept
 
 
 def test_onnx_excluded_node_is_a_float_matmul(plain: dict[str, Any], kept: dict[str, Any], report: Any) -> None:
-    from edgekit.optimize import _exclusions_onnx as excl
+    from edgekit.converters.onnx import exclusions as excl
 
     art = kept["onnx-int8-dynamic"]
     native = _exclusions(art)["native"]
@@ -171,7 +171,7 @@ def test_onnx_excluded_node_is_a_float_matmul(plain: dict[str, Any], kept: dict[
 def test_openvino_excluded_op_has_a_float_weight(plain: dict[str, Any], kept: dict[str, Any], report: Any) -> None:
     import openvino as ov
 
-    from edgekit.optimize import _exclusions_openvino as excl
+    from edgekit.converters.openvino import exclusions as excl
 
     art = kept["openvino-int8-dynamic"]
     native = _exclusions(art)["native"]

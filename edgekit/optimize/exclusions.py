@@ -5,7 +5,7 @@ A *layer* is a module that owns a ``weight`` parameter of two or more dimensions
 Embedding, GPT-2's Conv1D, the plain holders of a ``.pt2`` program), named by its path in the
 user's model (``encoder.layer.0.attention.output.dense``), without edgekit's wrapper. Every
 converter takes these names as ``-O exclude_layers=...`` and maps them itself (ONNX node names,
-OpenVINO op names, LiteRT op scopes, GGUF tensor names; see ``_exclusions_<format>.py``), then
+OpenVINO op names, LiteRT op scopes, GGUF tensor names; see each converter package's ``exclusions.py``), then
 records an :class:`ExclusionCheck` in the manifest (``conversion.exclusions``).
 
 >>> check = ExclusionCheck.of({"head": ["node_linear_8"]}, applied={"head"})  # doctest: +SKIP
@@ -219,26 +219,6 @@ class WeightIndex:
         return None
 
 
-def _onnx_native(base: Any) -> dict[str, Any]:
-    return {"nodes_to_exclude": [n for found in base.layer_nodes.values() for n in found]}
-
-
-def _openvino_native(base: Any) -> dict[str, Any]:
-    return {"nodes_to_exclude": [n for found in base.layer_ops.values() for n in found]}
-
-
-def _tflite_native(base: Any) -> dict[str, Any]:
-    return {"exclude_scopes": base.exclusions.regexes() if base.exclusions else []}
-
-
-def _gguf_native(base: Any) -> dict[str, Any]:
-    return {"exclude_layers": [t for found in base.keep.values() for t in found]}
-
-
-# format name -> what a converter's export (run with exclude_layers) knows, as that format's own option
-NATIVE = {"onnx": _onnx_native, "openvino": _openvino_native, "tflite": _tflite_native, "gguf": _gguf_native}
-
-
 def native_options(source: ModelSource, fmt: str, layers: Sequence[str]) -> dict[str, Any]:
     """The converter option, in the backend's own names, that keeps ``layers`` unquantized:
     ONNX Runtime's and NNCF's ``nodes_to_exclude``, ai-edge-quantizer's ``exclude_scopes``, GGUF
@@ -260,4 +240,4 @@ def native_options(source: ModelSource, fmt: str, layers: Sequence[str]) -> dict
     opts = parse_options(conv.Options, {"exclude_layers": tuple(layers)})
     with tempfile.TemporaryDirectory(prefix="edgekit-exclusions-") as tmp:
         base = conv.export(BuildContext(source, opts, Path(tmp), source.calibration))
-        return NATIVE[fmt_.value](base)
+        return conv.native_exclusions(base)

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from edgekit.errors import ConfigError
-from edgekit.optimize import _sensitivity_perturb as perturb
+from edgekit.optimize import perturb
 from edgekit.optimize.exclusions import find_layers, native_options, resolve
 
 SCHEMA = "edgekit.sensitivity/1"

@@ -130,11 +130,14 @@ class OpenVinoConverter(Converter):
         return precision is Precision.INT8
 
     # -- export --------------------------------------------------------------------------
+    def native_exclusions(self, base: Base) -> dict[str, Any]:
+        return {"nodes_to_exclude": [n for found in base.layer_ops.values() for n in found]}
+
     def export(self, ctx: BuildContext) -> Base:
         import openvino as ov
 
-        from edgekit.converters import _openvino_graph as graph
-        from edgekit.optimize import _exclusions_openvino as excl
+        from edgekit.converters.openvino import exclusions as excl
+        from edgekit.converters.openvino import graph
         from edgekit.optimize.exclusions import resolve
 
         _check_data(ctx)
@@ -170,7 +173,7 @@ class OpenVinoConverter(Converter):
     def build(self, base: Base, precision: Precision, stem: str, ctx: BuildContext) -> Built:
         import openvino as ov
 
-        from edgekit.converters import _openvino_graph as graph
+        from edgekit.converters.openvino import graph
 
         opts: OpenVinoOptions = ctx.options
         out = ctx.workdir / f"{stem}{self.suffix}"
@@ -193,7 +196,7 @@ class OpenVinoConverter(Converter):
         details.update(ops=graph.op_counts(saved), weight_types=graph.weight_types(saved),
                        verification_precision_hint=VERIFY_HINT)
         if base.layer_ops:
-            from edgekit.optimize import _exclusions_openvino as excl
+            from edgekit.converters.openvino import exclusions as excl
 
             check = excl.check(saved, base.layer_ops)
             details["exclusions"] = check.to_dict()
@@ -296,7 +299,7 @@ def _int8(conv: OpenVinoConverter, base: Base, ctx: BuildContext) -> tuple[Any, 
         "preset": opts.preset, "model_type": "transformer" if base.transformer else "generic",
         "model_type_reason": base.transformer_reason}
     if opts.max_accuracy_drop is not None:
-        from edgekit.converters._openvino_accuracy import quantize_with_accuracy_control
+        from edgekit.converters.openvino.accuracy import quantize_with_accuracy_control
 
         model, control = quantize_with_accuracy_control(_read(base), dataset, ctx, kwargs, base.modules)
         details["accuracy_control"] = control

@@ -19,7 +19,7 @@ import numpy as np
 
 from edgekit.errors import CalibrationError, ConfigError, ExportError
 from edgekit.options import parse_shapes as _parse_shapes
-from edgekit.runtimes._litert_support import InputPlan, OutputPlan, Plan
+from edgekit.runtimes.litert.plan import InputPlan, OutputPlan, Plan
 
 if TYPE_CHECKING:
     from edgekit.calib import CalibrationSet

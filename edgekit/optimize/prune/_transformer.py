@@ -1,6 +1,6 @@
 """Transformer structures as prunable groups: attention heads, FFN units, whole layers.
 
-Blocks are found by layout (``_prune_layouts.LAYOUTS``): an ``nn.ModuleList`` whose every
+Blocks are found by layout (``_layouts.LAYOUTS``): an ``nn.ModuleList`` whose every
 element has all the paths of one layout is a layer stack. Each cut slices the projection
 weights (``nn.Linear`` or Hugging Face's transposed ``Conv1D``), updates the attention module's
 own attributes, and, when every layer ends up the same size, the model's config.
@@ -12,8 +12,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from edgekit.optimize._prune_layouts import LAYOUTS, BlockLayout
-from edgekit.optimize._prune_units import PruneGroup, Slice, arange_units
+from edgekit.optimize.prune._layouts import LAYOUTS, BlockLayout
+from edgekit.optimize.prune._units import PruneGroup, Slice, arange_units
 
 if TYPE_CHECKING:
     import torch

@@ -1,7 +1,7 @@
 """llama.cpp's own quantizer (``llama_model_quantize``) on an f16/f32 GGUF file, in a child process.
 
 ggml aborts the process on some inputs (an assertion, an imatrix that does not fit), so the
-caller runs :func:`quantize` here through ``python -m edgekit.converters._gguf_quantize``: a
+caller runs :func:`quantize` here through ``python -m edgekit.converters.gguf.quantize``: a
 crash becomes a :class:`QuantizationError`, never a dead caller. The optional importance matrix
 is an ``.npz`` of GGUF tensor name -> mean squared input activation per column.
 """
@@ -36,7 +36,7 @@ def quantize(src: Path, dst: Path, precision: Precision, *, threads: int | None 
     ``tt_overrides``), for layers excluded from quantization."""
     job = {"src": str(src), "dst": str(dst), "ftype": FTYPES[precision], "nthread": threads or 0,
            "imatrix": str(imatrix) if imatrix else None, "overrides": overrides or {}}
-    child = run_child("edgekit.converters._gguf_quantize", job, timeout)
+    child = run_child("edgekit.converters.gguf.quantize", job, timeout)
     if child.timed_out:
         raise QuantizationError(f"llama.cpp's quantizer gave no result within {timeout:.0f} s",
                                 fix="quantize a smaller model, or give it more threads")
@@ -74,7 +74,7 @@ def _imatrix_entries(path: str) -> tuple[Any, list[Any]]:
 def _main() -> None:
     import ctypes
 
-    from edgekit.runtimes._llamacpp_log import LlamaLog, llama_cpp_module
+    from edgekit.runtimes.llamacpp.log import LlamaLog, llama_cpp_module
 
     llama_cpp = llama_cpp_module()  # llama.cpp's log kept in memory, not printed
     job = json.loads(sys.stdin.read())

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from edgekit.converters import CONVERTERS, BuildContext, Built, Converter
-from edgekit.converters import _onnx_graph as graph
+from edgekit.converters.onnx import graph
 from edgekit.errors import CalibrationError, ExportError, QuantizationError
 from edgekit.quiet import quiet as _quiet
 from edgekit.types import Format, Precision
@@ -102,10 +102,13 @@ class OnnxConverter(Converter):
         return precision is Precision.INT8
 
     # -- export --------------------------------------------------------------------------
+    def native_exclusions(self, base: Base) -> dict[str, Any]:
+        return {"nodes_to_exclude": [n for found in base.layer_nodes.values() for n in found]}
+
     def export(self, ctx: BuildContext) -> Base:
         import onnx
 
-        from edgekit.optimize import _exclusions_onnx as excl
+        from edgekit.converters.onnx import exclusions as excl
         from edgekit.optimize.exclusions import resolve
 
         opts: OnnxOptions = ctx.options
@@ -178,7 +181,7 @@ class OnnxConverter(Converter):
         model = onnx.load(str(out), load_external_data=False)
         details["ops"] = graph.op_counts(model)
         if base.layer_nodes:
-            from edgekit.optimize import _exclusions_onnx as excl
+            from edgekit.converters.onnx import exclusions as excl
 
             check = excl.check(model, base.layer_nodes)
             details["exclusions"] = check.to_dict()

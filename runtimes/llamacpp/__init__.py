@@ -29,7 +29,7 @@ import numpy as np
 from edgekit.errors import ArtifactError, ConfigError, DeviceUnavailableError, InputError, RuntimeFailure
 from edgekit.runtime import Model
 from edgekit.runtimes import RUNTIMES
-from edgekit.runtimes._llamacpp_log import LlamaLog, llama_cpp_module
+from edgekit.runtimes.llamacpp.log import LlamaLog, llama_cpp_module
 from edgekit.types import Device, Format, Signature, TensorSpec
 
 DEFAULT_CTX = 4096  # context when the caller gives none (capped at the model's training context)
@@ -109,7 +109,7 @@ class LlamaCppModel(Model):
     # -- loading -----------------------------------------------------------------------------
     def _open(self) -> Signature:
         from edgekit.options import parse_options
-        from edgekit.runtimes._gguf_file import read_header
+        from edgekit.runtimes.llamacpp.gguf_file import read_header
 
         opts = parse_options(LlamaCppOptions, self.options)
         self._opts = opts
@@ -121,7 +121,7 @@ class LlamaCppModel(Model):
         llama_cpp = llama_cpp_module()
         gpu_layers = self._gpu_layers(llama_cpp, opts)
         if opts.probe:
-            from edgekit.runtimes._llamacpp_probe import probe
+            from edgekit.runtimes.llamacpp.probe import probe
 
             probe(self.path)
         train_ctx = int(self.header.get("{arch}.context_length") or DEFAULT_CTX)

@@ -11,14 +11,14 @@ What the runtime does for the caller:
 - **int8 I/O**: quantized inputs take float arrays and outputs come back as float, using each
   tensor's scale and zero point (``raw_int8=True`` exchanges the raw integers instead).
 - **Fixed shapes**: edgekit's converter writes fixed-shape graphs and a plan inside the file
-  (see :mod:`edgekit.runtimes._litert_support`). A feed of any batch size runs in chunks of the
+  (see :mod:`edgekit.runtimes.litert.plan`). A feed of any batch size runs in chunks of the
   fixed batch; an axis the converter verified as padding-safe (a text model's sequence) takes any
   length up to its fixed size, padded, and per-position outputs are cropped back.
 - **Layout**: an NHWC artifact takes channel-last arrays; ``feed_layout="nchw"`` accepts the
   PyTorch layout and transposes.
 - **Crash safety**: the first load of a file runs it once in a fresh process; a model that aborts
   LiteRT raises :class:`~edgekit.errors.RuntimeFailure` instead of killing the caller
-  (``probe=False`` skips this; see :mod:`edgekit.runtimes._litert_probe`).
+  (``probe=False`` skips this; see :mod:`edgekit.runtimes.litert.probe`).
 
 When ``ai_edge_litert`` is missing, ``tflite_runtime`` is used with a warning (old ARM boards):
 ``tflite-runtime`` 2.14 returns wrong results for some int8 models without an error.
@@ -39,8 +39,8 @@ from edgekit.deps import available
 from edgekit.errors import ArtifactError, ConfigError, DeviceUnavailableError, InputError, RuntimeFailure
 from edgekit.runtime import Model
 from edgekit.runtimes import RUNTIMES
-from edgekit.runtimes._litert_delegates import DELEGATES, find_library
-from edgekit.runtimes._litert_support import Plan, native_output, pad_axis, quant_params, read_plan, take_rows
+from edgekit.runtimes.litert.delegates import DELEGATES, find_library
+from edgekit.runtimes.litert.plan import Plan, native_output, pad_axis, quant_params, read_plan, take_rows
 from edgekit.types import Device, Dim, Format, Signature, TensorSpec
 
 # Python packages that provide the TFLite interpreter, preferred first
@@ -166,7 +166,7 @@ class LiteRtModel(Model):
         self._plan = read_plan(self.path)  # also rejects a file that is not a TFLite flatbuffer
         self._backend_name, library = self._backend(opts)
         if opts.probe:
-            from edgekit.runtimes._litert_probe import ensure_probed
+            from edgekit.runtimes.litert.probe import ensure_probed
 
             probe_opts = {"xnnpack": opts.xnnpack, "raw_int8": opts.raw_int8,
                           **({"delegate_options": dict(opts.delegate_options)} if opts.delegate_options else {})}

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from edgekit.report import human_bytes
 
 if TYPE_CHECKING:
-    from edgekit._matrix_rows import MatrixRow
+    from edgekit.matrix._rows import MatrixRow
 
 LOG_SPREAD = 10.0  # a log latency axis once the slowest point is this many times the fastest
 MIN_AREA, MAX_AREA = 40.0, 900.0  # marker area in points^2 for the smallest and largest variant

@@ -29,7 +29,7 @@ def probe(path: Path, timeout: float = 300.0) -> None:
         return
     fix = "re-convert the model with `edgekit convert ... --to gguf`, or check it with llama.cpp's tools"
     try:
-        proc = subprocess.run([sys.executable, "-m", "edgekit.runtimes._llamacpp_probe"],
+        proc = subprocess.run([sys.executable, "-m", "edgekit.runtimes.llamacpp.probe"],
                               input=json.dumps({"path": str(path)}), capture_output=True, text=True,
                               timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     except subprocess.TimeoutExpired as e:
@@ -50,7 +50,7 @@ def probe(path: Path, timeout: float = 300.0) -> None:
 
 def _main() -> None:
     job = json.loads(sys.stdin.read())
-    from edgekit.runtimes._llamacpp_log import LlamaLog, llama_cpp_module
+    from edgekit.runtimes.llamacpp.log import LlamaLog, llama_cpp_module
 
     llama_cpp = llama_cpp_module()
     reply: dict[str, Any]

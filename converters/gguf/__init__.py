@@ -4,7 +4,7 @@ f32, f16, bf16 and q8_0 are written directly from the PyTorch weights with the `
 package (tensor by tensor, so memory holds one model, not two); q4_0 and the k-quants (q4_k_m,
 q5_k_m, q6_k) are llama.cpp's own quantizer run on an f16 (or f32) file, with an importance
 matrix from ``--calib`` text when there is one. Architectures and tokenizers are tables in
-``_gguf_arch`` / ``_gguf_tokenizer``.
+``arch`` / ``tokenizer``.
 
 Verification is the format's own (:meth:`GgufConverter.verify`): llama.cpp must tokenize text as
 Hugging Face does; logits are compared with PyTorch at every real (unpadded) position of the
@@ -28,8 +28,8 @@ from edgekit.errors import CalibrationError, ConfigError, ExportError, SourceErr
 from edgekit.types import Format, Precision
 
 if TYPE_CHECKING:
-    from edgekit.converters._gguf_arch import Arch
-    from edgekit.converters._gguf_tokenizer import GgufVocab
+    from edgekit.converters.gguf.arch import Arch
+    from edgekit.converters.gguf.tokenizer import GgufVocab
     from edgekit.manifest import OutputParity, Verification
     from edgekit.types import Signature
     from edgekit.verify import Reference
@@ -121,9 +121,12 @@ class GgufConverter(Converter):
         require("llama_cpp", "llamacpp", "quantizing and verifying GGUF")
 
     # -- export ------------------------------------------------------------------------------
+    def native_exclusions(self, base: GgufBase) -> dict[str, Any]:
+        return {"exclude_layers": [t for found in base.keep.values() for t in found]}
+
     def export(self, ctx: BuildContext) -> GgufBase:
-        from edgekit.converters._gguf_arch import arch_for
-        from edgekit.converters._gguf_tokenizer import backend_json, hf_tokenizer, read_vocab
+        from edgekit.converters.gguf.arch import arch_for
+        from edgekit.converters.gguf.tokenizer import backend_json, hf_tokenizer, read_vocab
         from edgekit.perplexity import cached, real_tokens, torch_logits
 
         src, opts = ctx.source, ctx.options
@@ -143,7 +146,7 @@ class GgufConverter(Converter):
         rows = int(model.get_input_embeddings().weight.shape[0])
         keep = {}
         if opts.exclude_layers:
-            from edgekit.optimize._exclusions_gguf import tensor_names
+            from edgekit.converters.gguf.exclusions import tensor_names
 
             keep = tensor_names(src, model, arch, opts.exclude_layers)
         tokenizer = hf_tokenizer(folder)
@@ -167,11 +170,11 @@ class GgufConverter(Converter):
         out = ctx.workdir / f"{stem}{self.suffix}"
         with _RssPeak() as rss:
             route, details = self._build(base, precision, out, ctx)
-        from edgekit.runtimes._gguf_file import read_header
+        from edgekit.runtimes.llamacpp.gguf_file import read_header
 
         header = read_header(out)
         if base.keep:
-            from edgekit.optimize._exclusions_gguf import check
+            from edgekit.converters.gguf.exclusions import check
 
             result = check({t.name: t.type_name for t in header.tensors}, base.keep, ctx.options.exclude_type,
                            float_file=precision in FLOAT_PRECISIONS)
@@ -184,7 +187,7 @@ class GgufConverter(Converter):
 
     def _build(self, base: GgufBase, precision: Precision, out: Path, ctx: BuildContext
                ) -> tuple[str, dict[str, Any]]:
-        from edgekit.converters._gguf_write import DIRECT
+        from edgekit.converters.gguf.write import DIRECT
 
         opts: GgufOptions = ctx.options
         # a q8_0 file with tensors kept at another type is llama.cpp's quantizer's job (type overrides)
@@ -192,7 +195,7 @@ class GgufConverter(Converter):
             details = self._write(base, precision, out, ctx)
             route = f"edgekit GGUF writer (gguf {_version('gguf')}), {DIRECT[precision][0]} weights"
         else:
-            from edgekit.converters._gguf_quantize import quantize
+            from edgekit.converters.gguf.quantize import quantize
 
             kind = opts.quantize_from
             src = self._intermediate(base, Precision.FP16 if kind == "f16" else Precision.FP32, ctx)
@@ -200,7 +203,7 @@ class GgufConverter(Converter):
             t0 = time.perf_counter()
             keep = None
             if base.keep:
-                from edgekit.optimize._exclusions_gguf import overrides
+                from edgekit.converters.gguf.exclusions import overrides
 
                 keep = overrides(base.keep, opts.exclude_type)
             quantize(src, out, precision, threads=opts.threads, imatrix=imatrix[0] if imatrix else None,
@@ -214,7 +217,7 @@ class GgufConverter(Converter):
 
     def _write(self, base: GgufBase, precision: Precision, out: Path, ctx: BuildContext) -> dict[str, Any]:
         """Write a directly-written precision, copying an intermediate already on disk."""
-        from edgekit.converters._gguf_write import write_gguf
+        from edgekit.converters.gguf.write import write_gguf
 
         kind = {Precision.FP16: "f16", Precision.FP32: "f32"}.get(precision)
         if kind is not None and kind in base.intermediates:
@@ -239,8 +242,8 @@ class GgufConverter(Converter):
             raise CalibrationError("-O gguf.imatrix=on needs calibration text",
                                    fix="pass --calib text.txt (one sample per line), or -O gguf.imatrix=off")
         if base.imatrix is None:
-            from edgekit.converters._gguf_imatrix import compute_imatrix
-            from edgekit.converters._gguf_write import iter_names, plan_tensors
+            from edgekit.converters.gguf.imatrix import compute_imatrix
+            from edgekit.converters.gguf.write import iter_names, plan_tensors
 
             plan = plan_tensors(base.model, base.arch, Precision.FP16)
             names = {hf: gg for hf, gg in iter_names(plan) if gg != "token_embd.weight"}

@@ -40,7 +40,7 @@ def quantize_with_accuracy_control(model: Any, dataset: Any, ctx: BuildContext, 
     import openvino as ov
     from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
 
-    from edgekit.converters import _openvino_graph as graph
+    from edgekit.converters.openvino import graph
 
     opts = ctx.options
     evaluation = ctx.evaluation

@@ -20,7 +20,7 @@ FLOAT_TYPES = frozenset({"F32", "F16", "BF16"})
 
 def tensor_names(source: Any, model: Any, arch: Any, names: Iterable[str]) -> dict[str, list[str]]:
     """Requested name (a torch layer or a GGUF tensor) -> the GGUF tensors it stands for."""
-    from edgekit.converters._gguf_write import iter_names, plan_tensors
+    from edgekit.converters.gguf.write import iter_names, plan_tensors
     from edgekit.types import Precision
 
     table = list(iter_names(plan_tensors(model, arch, Precision.FP16)))

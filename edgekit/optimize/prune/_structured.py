@@ -13,13 +13,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from edgekit.errors import ConfigError, SourceError
-from edgekit.optimize._prune_units import LayerReport, PruneGroup, select, unit_scores
+from edgekit.optimize.prune._units import LayerReport, PruneGroup, select, unit_scores
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from edgekit.optimize._prune_transformer import Stack
+    from edgekit.optimize.prune._transformer import Stack
 
 
 @dataclass
@@ -56,7 +56,7 @@ def _shapes(job: Job) -> list[tuple[int, ...]] | None:
 def _cut_layers(job: Job, stacks: list[Stack]) -> list[LayerReport]:
     import torch
 
-    from edgekit.optimize._prune_transformer import block_influence, hf_configs, layer_group
+    from edgekit.optimize.prune._transformer import block_influence, hf_configs, layer_group
 
     feeds = job.data or ([job.example] if job.example is not None else None)
     configs = hf_configs(job.model)
@@ -81,7 +81,7 @@ def _cut_layers(job: Job, stacks: list[Stack]) -> list[LayerReport]:
 
 
 def _unit_groups(job: Job, stacks: list[Stack]) -> list[PruneGroup]:
-    from edgekit.optimize._prune_transformer import ffn_group, head_group
+    from edgekit.optimize.prune._transformer import ffn_group, head_group
 
     groups: list[PruneGroup] = []
     names = {id(m): n for n, m in job.model.named_modules()}
@@ -102,8 +102,8 @@ def _graph_groups(job: Job, stacks: list[Stack]) -> list[PruneGroup]:
     """Conv channels (and, in models without transformer blocks, MLP units) via torch-pruning."""
     from torch import nn
 
-    from edgekit.optimize._prune_feeds import feed_args
-    from edgekit.optimize._prune_graph import channel_groups
+    from edgekit.optimize.prune._feeds import feed_args
+    from edgekit.optimize.prune._graph import channel_groups
 
     in_stacks = {id(m) for s in stacks for m in getattr(s.parent, s.attr).modules()}
     wanted = {"channels"} & job.targets if stacks else {"channels", "ffn"} & job.targets
@@ -128,7 +128,7 @@ def run_structured(job: Job) -> tuple[list[LayerReport], list[str], str]:
     """Cut ``job.model`` in place; returns the reports, notes and the scope used."""
     import torch
 
-    from edgekit.optimize._prune_transformer import find_stacks, update_configs
+    from edgekit.optimize.prune._transformer import find_stacks, update_configs
 
     stacks = find_stacks(job.model)
     scope = job.scope or ("layer" if stacks else "global")

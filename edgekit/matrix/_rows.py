@@ -12,8 +12,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from edgekit._matrix_plan import Skipped
 from edgekit.errors import ConfigError
+from edgekit.matrix._plan import Skipped
 
 SCHEMA = "edgekit.matrix/1"
 EAGER = "pytorch"  # the format name of the baseline row

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any
 
-from edgekit.optimize._prune_units import LayerReport
+from edgekit.optimize.prune._units import LayerReport
 
 if TYPE_CHECKING:
     import torch

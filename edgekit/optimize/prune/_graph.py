@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
-from edgekit.optimize._prune_units import PruneGroup, Slice
+from edgekit.optimize.prune._units import PruneGroup, Slice
 
 if TYPE_CHECKING:
     from torch import nn

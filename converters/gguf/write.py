@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.converters._gguf_arch import (
+from edgekit.converters.gguf.arch import (
     ROPE_SCALING,
     Arch,
     Transform,
@@ -22,7 +22,7 @@ from edgekit.converters._gguf_arch import (
     llama3_rope_factors,
     rope_settings,
 )
-from edgekit.converters._gguf_tokenizer import GgufVocab
+from edgekit.converters.gguf.tokenizer import GgufVocab
 from edgekit.errors import ExportError
 from edgekit.types import Precision
 

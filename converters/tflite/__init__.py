@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from edgekit.converters import CONVERTERS, BuildContext, Built, Converter
-from edgekit.converters import _tflite_export as tx
+from edgekit.converters.tflite import export as tx
 from edgekit.errors import CalibrationError, ConfigError, EdgekitError, QuantizationError
 from edgekit.quiet import quiet as _quiet
 from edgekit.types import Format, Precision
@@ -118,7 +118,7 @@ def route(precision: Precision, name: str, describe: str) -> Callable[[RouteFn],
 def quiet() -> Iterator[None]:
     """litert-torch, MLIR passes, absl and the quantizer print to Python streams, the logging
     module and the raw file descriptors; the library must not print."""
-    from edgekit.runtimes._litert_support import native_output
+    from edgekit.runtimes.litert.plan import native_output
 
     env = os.environ.get("LITERT_TORCH_SHOW_PROGRESS")
     os.environ["LITERT_TORCH_SHOW_PROGRESS"] = "n"
@@ -159,6 +159,9 @@ class TfliteConverter(Converter):
             super().check(precisions)
 
     # -- export --------------------------------------------------------------------------
+    def native_exclusions(self, base: Base) -> dict[str, Any]:
+        return {"exclude_scopes": base.exclusions.regexes() if base.exclusions else []}
+
     def export(self, ctx: BuildContext) -> Base:
         from edgekit.optimize.exclusions import resolve
 
@@ -186,7 +189,7 @@ class TfliteConverter(Converter):
         ctx.report("export to TFLite", 2, 2)
         exclusions = None
         if excluded or opts.exclude_scopes:
-            from edgekit.optimize._exclusions_tflite import plan
+            from edgekit.converters.tflite.exclusions import plan
 
             exclusions = plan(src, data, excluded, opts.exclude_scopes, module)
         return Base(shapes, module, sample, fp32, data, exclusions)
@@ -240,7 +243,7 @@ class TfliteConverter(Converter):
                                     "force a route with -O tflite.int8_route=pt2e|aeq")
         _, chosen, data, io_note = best
         out.write_bytes(data)
-        from edgekit.converters import _tflite_flatbuffer as fb
+        from edgekit.converters.tflite import flatbuffer as fb
 
         details: dict[str, Any] = {
             "route_key": chosen, **fb.summary(data), **io_note,
@@ -258,8 +261,8 @@ class TfliteConverter(Converter):
     def _finish(self, raw: bytes, base: Base, precision: Precision, opts: TfliteOptions
                 ) -> tuple[bytes, dict[str, Any]]:
         """Float I/O around an int8 graph (unless int8_io), then the runtime plan as metadata."""
-        from edgekit.converters import _tflite_flatbuffer as fb
-        from edgekit.runtimes._litert_support import METADATA_NAME
+        from edgekit.converters.tflite import flatbuffer as fb
+        from edgekit.runtimes.litert.plan import METADATA_NAME
 
         note: dict[str, Any] = {}
         if precision is Precision.INT8:

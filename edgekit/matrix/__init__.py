@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgekit._matrix_plan import Skipped, Variant, plan, reason_of
-from edgekit._matrix_rows import EAGER, SCHEMA, BenchSettings, MatrixResult, MatrixRow, now
 from edgekit.errors import ConfigError, EdgekitError
 from edgekit.fsutil import sha256_file, write_json_atomic
+from edgekit.matrix._plan import Skipped, Variant, plan, reason_of
+from edgekit.matrix._rows import EAGER, SCHEMA, BenchSettings, MatrixResult, MatrixRow, now
 from edgekit.types import Format, Precision
 
 if TYPE_CHECKING:
@@ -129,8 +129,8 @@ class _Run:
         res = self.result
         if plot:
             try:
-                from edgekit._matrix_plot import plot_matrix
                 from edgekit.deps import require
+                from edgekit.matrix._plot import plot_matrix
 
                 require("matplotlib", "convert", "the matrix plot")
                 res.plot_points = plot_matrix(res.rows, res.path.with_name(PLOT_FILE), title)
@@ -277,7 +277,7 @@ def _state_bytes(module: Any) -> int:
 
 def _fill_baseline_metric(result: MatrixResult, src: ModelSource, evaluator: Any) -> None:
     """The eager row's metric is the reference every artifact was compared with."""
-    from edgekit._matrix_plot import y_axis
+    from edgekit.matrix._plot import y_axis
 
     base = result.baseline
     if base is None or base.metric is not None:

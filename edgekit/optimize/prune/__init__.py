@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgekit.errors import CalibrationError, ConfigError, SourceError
-from edgekit.optimize._prune_units import LayerReport
+from edgekit.optimize.prune._units import LayerReport
 
 if TYPE_CHECKING:
     from torch import nn
@@ -183,10 +183,10 @@ def prune(
     """
     import torch
 
-    from edgekit.optimize._prune_feeds import default_loss, make_call, taylor_scores
-    from edgekit.optimize._prune_structured import Job, run_structured
-    from edgekit.optimize._prune_units import magnitude
-    from edgekit.optimize.unstructured import prune_unstructured, weight_layers
+    from edgekit.optimize.prune._feeds import default_loss, make_call, taylor_scores
+    from edgekit.optimize.prune._structured import Job, run_structured
+    from edgekit.optimize.prune._units import magnitude
+    from edgekit.optimize.prune.unstructured import prune_unstructured, weight_layers
     from edgekit.sources.module import normalize_examples
 
     if not isinstance(model, torch.nn.Module):

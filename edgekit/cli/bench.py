@@ -1,0 +1,72 @@
+"""``edgekit bench``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from edgekit.cli._common import (
+    console,
+    errors,
+    parse_dims,
+    progress_bar,
+    publish,
+    task_inputs,
+    timing_options,
+)
+
+
+def stages_table(results: list[Any]) -> Any:
+    """Per artifact, the p50 of each stage of a task benchmark (--text/--image)."""
+    from rich.table import Table
+
+    from edgekit.harness import STAGES
+
+    t = Table(title="end to end, p50 ms per call (all inputs)", title_justify="left")
+    for col in ("artifact", "task", "items", *STAGES, "total"):
+        t.add_column(col, justify="left" if col in ("artifact", "task") else "right")
+    for r in results:
+        if r.stages and r.latency:
+            t.add_row(r.artifact.rsplit("/", 1)[-1], r.task or "-", str(r.batch),
+                      *(f"{r.stages[s].p50_ms:.3f}" for s in STAGES), f"{r.latency.p50_ms:.3f}")
+    return t
+
+
+@click.command()
+@click.argument("artifacts", nargs=-1, required=True, type=click.Path(path_type=Path))
+@timing_options
+@click.option("--text", "texts", multiple=True, help="Measure the task end to end on this text (repeatable): "
+              "tokenizing, inference and postprocessing timed apart.")
+@click.option("--image", "images", multiple=True, type=click.Path(path_type=Path),
+              help="Measure the task end to end on this image file (repeatable), preprocessing timed apart.")
+def bench(artifacts: tuple[Path, ...], device: str, runtime: str | None, threads: int | None, batch: int,
+          dims: tuple[str, ...], input_path: Path | None, warmup: int, runs: int | None, min_time: float,
+          isolated: bool, save_path: Path | None, as_json: bool, texts: tuple[str, ...] = (),
+          images: tuple[Path, ...] = ()) -> None:
+    """Benchmark one or more artifacts with the same harness; one table row per artifact.
+
+    (``edgekit bench --matrix SRC ...`` still runs ``edgekit matrix SRC ...`` for this release.)
+    """
+    from edgekit.harness import SCHEMA, benchmark
+    from edgekit.report import bench_table
+
+    with errors():
+        sizes = parse_dims(dims)
+        results = []
+        with progress_bar(not as_json) as progress:
+            for i, path in enumerate(artifacts):
+                if progress:
+                    progress(f"bench {len(artifacts)} artifact(s)", i, len(artifacts))
+                results.append(benchmark(path, device=device, runtime=runtime, threads=threads,
+                                         inputs=input_path, batch=batch, dims=sizes, warmup=warmup,
+                                         runs=runs, min_time=min_time, isolated=isolated,
+                                         task_inputs=task_inputs(texts, images, path)))
+        payload = {"schema": SCHEMA, "results": [r.to_dict() for r in results]}
+        if publish(payload, save_path, as_json):
+            console.print(bench_table(results))
+            if any(r.stages for r in results):
+                console.print(stages_table(results))
+        if any(r.status != "ok" for r in results):
+            raise SystemExit(1)

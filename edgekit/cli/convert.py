@@ -1,0 +1,129 @@
+"""``edgekit convert``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from edgekit.cli._common import (
+    console,
+    converter_options,
+    emit_json,
+    err,
+    errors,
+    fail,
+    parse_shapes,
+    progress_bar,
+)
+from edgekit.errors import EdgekitError
+from edgekit.types import Format, Precision
+
+
+def recipe_table(report: dict[str, Any]) -> Any:
+    """The stages a recipe ran, each with its metric, drop from the original and gate verdict."""
+    from rich.table import Table
+
+    from edgekit.optimize.pipeline import REPORT_COLUMNS, report_rows
+
+    t = Table(title=f"recipe stages ({report.get('status', '-')}; drop from the original on "
+              f"{report.get('data') or 'no evaluation data'})", title_justify="left")
+    for col in REPORT_COLUMNS:
+        t.add_column(col, justify="right" if col in ("drop", "allowed drop") else "left")
+    for row in report_rows(report):
+        t.add_row(*row[:-1], f"[{'red' if row[-1] == 'FAILED' else 'green'}]{row[-1]}[/]")
+    return t
+
+
+@click.command()
+@click.argument("source", required=False)
+@click.option("--to", "targets", default=None,
+              help=f"Target formats, comma separated: {', '.join(f.value for f in Format)}. "
+              "Default: the recipe's targets, else onnx.")
+@click.option("--precision", "precisions", default=None,
+              help=f"Comma separated: {', '.join(p.value for p in Precision)}. "
+              "Default: fp32, int8 (int8-dynamic without calibration data), int4.")
+@click.option("--calib", type=click.Path(path_type=Path), help="Calibration data: .npz keyed by input "
+              "name (samples on axis 0), or .txt/.jsonl text for a Hugging Face text model.")
+@click.option("--eval", "eval_data", type=click.Path(path_type=Path),
+              help="Labelled data for an accuracy check of every variant: .npz with the inputs and 'labels', "
+              "or .jsonl with {\"text\": ..., \"label\": name or id} per line for a text model.")
+@click.option("--out", default="edgekit-out", show_default=True, type=click.Path(path_type=Path),
+              help="Output directory; each artifact gets a <file>.edgekit.json manifest beside it.")
+@click.option("--name", help="Base name of the output files (default: the source's name).")
+@click.option("--weights", type=click.Path(path_type=Path),
+              help="Weights for a package.module:factory source (.safetensors or a state dict).")
+@click.option("--example", type=click.Path(path_type=Path),
+              help="Example inputs (.npz) for a factory source.")
+@click.option("--shape", "shapes", multiple=True, metavar="NAME=1x3x224x224[:dtype]",
+              help="Example input shape for a factory source (repeatable).")
+@click.option("--seq-len", type=int, help="Token length for text calibration data (default 128).")
+@click.option("-O", "--option", "options", multiple=True, metavar="[FORMAT.]KEY=VALUE",
+              help="Converter option, e.g. -O int4_block_size=64 -O onnx.calibration=entropy.")
+@click.option("--keep-going", is_flag=True, help="Keep converting other variants when one fails.")
+@click.option("--recipe", "recipe_path", type=click.Path(path_type=Path),
+              help="Recipe (YAML/JSON): prune -> distill -> quantize -> targets, with an accuracy gate after "
+              "each stage (docs/recipes.md). --to/--precision override its targets/precisions.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON on stdout.")
+def convert(source: str | None, targets: str | None, precisions: str | None, calib: Path | None,
+            eval_data: Path | None, out: Path, name: str | None, weights: Path | None,
+            example: Path | None, shapes: tuple[str, ...], seq_len: int | None,
+            options: tuple[str, ...], keep_going: bool, recipe_path: Path | None, as_json: bool) -> None:
+    """Convert SOURCE and verify every variant against the original.
+
+    SOURCE is a Hugging Face model directory, a torch.export .pt2 file, package.module:factory
+    (with --weights and --example/--shape), or builtin:digits-cnn (the default when omitted).
+    """
+    from edgekit.conversion import convert as run_convert
+    from edgekit.errors import ConversionError, GateError, VerificationError
+
+    with errors():
+        recipe = None
+        if recipe_path is not None:
+            from edgekit.optimize.recipe import load_recipe
+
+            recipe = load_recipe(recipe_path)
+        formats = Format.parse_list(targets or (list(recipe.targets) if recipe else "onnx"))
+        if precisions is not None:
+            Precision.parse_list(precisions)
+        examples: Any = parse_shapes(shapes)
+        if example is not None:
+            from edgekit.io import read_npz
+
+            examples = read_npz(example)
+        if source is None:
+            err.print("[dim]no SOURCE given: converting the built-in digits CNN (builtin:digits-cnn)[/]")
+        report: dict[str, Any] | None = None
+        with progress_bar(not as_json) as progress:
+            try:
+                kwargs = dict(targets=formats, precisions=precisions, out=out, calib=calib,
+                              eval_data=eval_data, options=converter_options(options, formats), name=name,
+                              weights=weights, seq_len=seq_len, keep_going=keep_going, progress=progress)
+                if recipe is not None:
+                    from edgekit.optimize.pipeline import run_recipe
+
+                    result = run_recipe(recipe, source, examples, **kwargs)
+                    arts, report = result.artifacts, result.report.to_dict()
+                else:
+                    arts = run_convert(source, examples, **kwargs)
+                failure: EdgekitError | None = None
+            except (VerificationError, ConversionError, GateError) as e:
+                arts, failure = e.artifacts, e
+                report = getattr(e, "report", None)
+        if as_json:
+            payload: dict[str, Any] = {"schema": "edgekit.convert/1", "artifacts": [a.to_dict() for a in arts]}
+            if report is not None:
+                payload["recipe"] = report
+            emit_json(payload)
+        else:
+            from edgekit.report import artifacts_table
+
+            if arts or report is None:
+                console.print(artifacts_table(arts))
+            if report is not None:
+                console.print(recipe_table(report))
+        if failure is not None:
+            fail(failure)
+        if any(a.status != "ok" for a in arts):
+            raise SystemExit(1)
