@@ -7,7 +7,6 @@ A converter exports the source once (``export``), then builds each precision fro
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -15,7 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from edgekit.deps import require
 from edgekit.errors import ConfigError
 from edgekit.registry import Registry
-from edgekit.types import Format, Precision
+from edgekit.types import Format, Precision, ProgressFn
 
 if TYPE_CHECKING:
     from edgekit.calib import CalibrationSet, EvalSet
@@ -24,7 +23,6 @@ if TYPE_CHECKING:
     from edgekit.types import Signature
     from edgekit.verify import Reference
 
-ProgressFn = Callable[[str, int, "int | None"], None]
 
 # tasks whose models are transformers over tokens: static int8 (calibrated activations) costs
 # them accuracy (all-MiniLM-L6-v2: embedding cosine 0.927 static vs 0.992 dynamic, docs/benchmarks.md)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,9 +13,8 @@ from typing import Any
 from edgekit.errors import CalibrationError, EdgekitError, VerificationError
 from edgekit.fsutil import publish, sha256_file, staging_dir, write_json_atomic
 from edgekit.manifest import Manifest, Verification, library_versions, manifest_path
-from edgekit.types import Format, Precision
+from edgekit.types import Format, Precision, ProgressFn
 
-ProgressFn = Callable[[str, int, "int | None"], None]
 VERIFY_SAMPLES = 32  # calibration samples re-used for parity, on top of the example inputs
 
 

@@ -20,13 +20,13 @@ import numpy as np
 
 from edgekit.errors import EdgekitError
 from edgekit.isolation import run_child
+from edgekit.types import ProgressFn
 
 if TYPE_CHECKING:
     from edgekit.runtime import Model
 
 SCHEMA = "edgekit.bench/1"
 MIN_RUNS = 10
-ProgressFn = Callable[[str, int, "int | None"], None]
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,10 @@ import numpy as np
 from edgekit.errors import ArtifactError, ConfigError, DeviceUnavailableError, MissingDependencyError
 from edgekit.inputs import InputChecker
 from edgekit.manifest import SUFFIX, Manifest, read_manifest
-from edgekit.types import Device, Format, Signature
+from edgekit.types import Device, Format, ProgressFn, Signature
 
 if TYPE_CHECKING:
-    from edgekit.harness import BenchResult, ProgressFn
+    from edgekit.harness import BenchResult
 
 # file suffix -> format, for artifacts that have no manifest beside them
 SUFFIXES: dict[str, Format] = {".onnx": Format.ONNX, ".xml": Format.OPENVINO,

@@ -5,7 +5,7 @@ Strings become enums at the API/CLI boundary through :meth:`parse`, which names 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, TypeVar
@@ -93,6 +93,9 @@ class Device(_Vocabulary):
 
 
 Dim = int | str  # a fixed size, or the name of a dynamic axis
+
+# progress(stage, done, total): long work reports each step; total None when unknown
+ProgressFn = Callable[[str, int, "int | None"], None]
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +26,7 @@ from edgekit.errors import ConfigError, EdgekitError
 from edgekit.fsutil import sha256_file, write_json_atomic
 from edgekit.matrix._plan import Skipped, Variant, plan, reason_of
 from edgekit.matrix._rows import EAGER, SCHEMA, BenchSettings, MatrixResult, MatrixRow, now
-from edgekit.types import Format, Precision
+from edgekit.types import Format, Precision, ProgressFn
 
 if TYPE_CHECKING:
     from edgekit.conversion import Artifact
@@ -34,7 +34,6 @@ if TYPE_CHECKING:
 
 RESULTS_FILE = "matrix.json"
 PLOT_FILE = "matrix.png"
-ProgressFn = Callable[[str, int, "int | None"], None]
 
 
 def matrix(
@@ -60,6 +59,8 @@ def matrix(
     evaluator: Any = None,
     plot: bool = True,
     progress: ProgressFn | None = None,
+    ray: str | None = None,
+    max_parallel: int | None = None,
 ) -> MatrixResult:
     """Convert ``source`` to every format x precision that applies, evaluate and time each.
 
@@ -70,6 +71,9 @@ def matrix(
     synthesized from the source's examples with ``bench.batch``/``bench.dims``; every row,
     the eager baseline included, is timed on the same feed. The source arguments, ``options``,
     ``name``, ``preprocess`` and ``evaluator`` mean what they mean for ``edgekit.convert``.
+
+    ``ray`` (``"local"``, ``"auto"`` or ``"ray://host:10001"``) runs every conversion and benchmark
+    as a Ray task instead (``edgekit.matrix._ray``), at most ``max_parallel`` at a time.
 
     >>> res = matrix("builtin:digits-cnn", targets="onnx,tflite", bench=BenchSettings(runs=50))  # doctest: +SKIP
     >>> res.path  # doctest: +SKIP
@@ -101,9 +105,14 @@ def matrix(
     if base is not None:
         base.reused = True
     run.put(base or _eager_row(src, feed, settings))
-    for fmt in dict.fromkeys(v.format for v in variants):
-        _one_format(run, src, [v for v in variants if v.format is fmt], previous, feed,
-                    dict(options=options, name=name, evaluator=evaluator))
+    convert_options = dict(options=options, name=name, evaluator=evaluator)
+    if ray is not None:  # every row a Ray task; the same rows, JSON and resume
+        from edgekit.matrix._ray import run_on_ray
+
+        run_on_ray(run, src, variants, previous, feed, convert_options, address=ray, max_parallel=max_parallel)
+    else:
+        for fmt in dict.fromkeys(v.format for v in variants):
+            _one_format(run, src, [v for v in variants if v.format is fmt], previous, feed, convert_options)
     _fill_baseline_metric(result, src, evaluator)
     run.finish(plot, f"{src.name}: edgekit matrix")
     return result
@@ -213,13 +222,20 @@ def _from_artifact(a: Artifact) -> MatrixRow:
     return row
 
 
-def _time(row: MatrixRow, out_dir: Path, feed: dict[str, np.ndarray], s: BenchSettings) -> None:
-    """Time one artifact with the harness and fill the row (a failed run is a failed row)."""
+def _time(row: MatrixRow, out_dir: Path, feed: dict[str, np.ndarray], s: BenchSettings,
+          on: str | None = None) -> None:
+    """Time one artifact with the harness (on this machine, or on device ``on``) and fill the row
+    (a failed run is a failed row); ``bench_window`` records when, so overlaps can be checked."""
+    import time
+
     from edgekit.harness import benchmark
 
+    started = time.time()
     r = benchmark(out_dir / Path(row.artifact or "").name, device=s.device, runtime=s.runtime,
                   threads=s.threads, inputs=feed, batch=s.batch, dims=s.dims, warmup=s.warmup,
-                  runs=s.runs, min_time=s.min_time, isolated=s.isolated, timeout=s.timeout)
+                  runs=s.runs, min_time=s.min_time, isolated=s.isolated, timeout=s.timeout,
+                  **({"on": on} if on else {}))
+    row.bench_window = [round(started, 3), round(time.time(), 3)]
     row.runtime, row.device, row.mode, row.measured_at = r.runtime, r.device, r.mode, now()
     if r.status != "ok" or r.latency is None:
         row.status, row.reason, row.stage = r.status if r.status != "ok" else "failed", r.reason, "bench"

@@ -41,8 +41,8 @@ from edgekit.optimize._distill_layers import (  # noqa: F401 - module_names, der
     submodule,
     tensor_of,
 )
+from edgekit.types import ProgressFn
 
-ProgressFn = Callable[[str, int, "int | None"], None]
 CHECKPOINT = "distill.pt"
 LOSS_SAMPLES = 256  # samples the before/after distillation loss is measured on
 

@@ -17,7 +17,7 @@ import dataclasses
 import json
 import shutil
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,14 +30,13 @@ from edgekit.optimize._pipeline_report import (  # noqa: F401 - REPORT_COLUMNS, 
     report_rows,
 )
 from edgekit.optimize.recipe import Recipe, check_names, load_recipe
-from edgekit.types import Format, Precision
+from edgekit.types import Format, Precision, ProgressFn
 
 if TYPE_CHECKING:
     from edgekit.conversion import Artifact
     from edgekit.evaluate import Baseline, EvalData, Evaluator
     from edgekit.sources import ModelSource
 
-ProgressFn = Callable[[str, int, "int | None"], None]
 CHECKPOINTS = ".edgekit-checkpoints"
 
 # weakest -> mildest across formats (each converter supports a subset): a failed artifact steps

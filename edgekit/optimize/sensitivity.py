@@ -17,7 +17,7 @@ unperturbed model: ``1 - worst cosine`` over the samples (max abs error breaks t
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,10 +27,10 @@ import numpy as np
 from edgekit.errors import ConfigError
 from edgekit.optimize import perturb
 from edgekit.optimize.exclusions import find_layers, native_options, resolve
+from edgekit.types import ProgressFn
 
 SCHEMA = "edgekit.sensitivity/1"
 DEFAULT_SAMPLES = 32  # calibration samples run per layer, on top of the example inputs
-ProgressFn = Callable[[str, int, "int | None"], None]
 Feed = dict[str, np.ndarray]
 
 
