@@ -12,8 +12,7 @@ here="$(cd "$(dirname "$0")/.." && pwd)"
 dest="${EDGEKIT_ARM64_ROOTFS:-${HOME}/.cache/edgekit/arm64-device}"
 wheels="${HOME}/.cache/edgekit/arm64-wheels"
 stamp="$dest/.edgekit-device-ready"
-[ -f "$stamp" ] && { echo "arm64 device ready: $dest"; exit 0; }
-[ "$(id -u)" -eq 0 ] || { echo "needs root (mmdebstrap, chroot, mounts): sudo $0" >&2; exit 1; }
+[ "$(id -u)" -eq 0 ] || { echo "needs root (binfmt_misc, mmdebstrap, chroot, mounts): sudo $0" >&2; exit 1; }
 for tool in mmdebstrap qemu-aarch64-static update-binfmts; do
     command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install -y qemu-user-static binfmt-support mmdebstrap" >&2; exit 1; }
 done
@@ -21,6 +20,7 @@ done
 # interpreter is opened now, so it also works inside the chroot)
 [ -e /proc/sys/fs/binfmt_misc/register ] || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
 [ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] || update-binfmts --enable qemu-aarch64
+[ -f "$stamp" ] && { echo "arm64 device ready: $dest ($(cat "$stamp"))"; exit 0; }
 start=$(date +%s)
 
 # 1. the aarch64 wheels, downloaded on this machine (the device has no index at test time)
@@ -36,20 +36,19 @@ rm -rf "$tmp"
 mmdebstrap --arch=arm64 --variant=minbase --include=python3,python3-venv,ca-certificates \
     bookworm "$tmp" http://deb.debian.org/debian
 
-# 3. the device's venv, installed by the emulated pip from the downloaded wheels; /proc, /sys,
-#    /dev and the wheels are mounted in a private mount namespace, gone when it exits
+# 3. the device's venv, installed by the emulated pip from the downloaded wheels; /proc, /dev and
+#    the wheels are mounted in a private mount namespace, gone when it exits. Not /sys: the host's
+#    x86 sysfs makes the aarch64 cpuinfo library inside onnxruntime crash (SIGSEGV) under qemu-user
 mkdir -p "$tmp/wheels"
 unshare -m --propagation private sh -euc '
     root="$1"; wheels="$2"
-    mount -t proc proc "$root/proc"; mount --rbind /sys "$root/sys"; mount --rbind /dev "$root/dev"
+    mount -t proc proc "$root/proc"; mount --rbind /dev "$root/dev"
     mount --bind "$wheels" "$root/wheels"
     chroot "$root" uname -m | grep -qx aarch64
     chroot "$root" python3 -m venv /opt/edgekit-venv
     chroot "$root" /opt/edgekit-venv/bin/pip install -q --no-index --find-links /wheels \
         numpy onnxruntime ai-edge-litert click rich tokenizers pillow
-    # one runtime per process, as edgekit runs them: under qemu-user, onnxruntime and ai-edge-litert
-    # imported into the same process crash (SIGSEGV)
-    for m in numpy onnxruntime ai_edge_litert.interpreter; do chroot "$root" /opt/edgekit-venv/bin/python -c "import $m"; done
+    chroot "$root" /opt/edgekit-venv/bin/python -c "import numpy, onnxruntime, ai_edge_litert.interpreter"
 ' sh "$tmp" "$wheels"
 rmdir "$tmp/wheels"
 mkdir -p "$tmp/root/.ssh" && chmod 700 "$tmp/root/.ssh"

@@ -91,9 +91,9 @@ def sshd(root: Path, *, chroot: Path | None = None, host_key: Path | None = None
     (root / "sshd_config").write_text("\n".join(lines) + "\n")
     Path("/run/sshd").mkdir(exist_ok=True) if os.geteuid() == 0 else None
     argv = [SSHD, "-D", "-e", "-f", str(root / "sshd_config")]
-    if chroot is not None:  # /proc, /sys, /dev inside the chroot, private to this sshd and its sessions
-        script = ('set -e; r="$1"; shift; mount -t proc proc "$r/proc"; mount --rbind /sys "$r/sys"; '
-                  'mount --rbind /dev "$r/dev"; exec "$@"')
+    if chroot is not None:  # /proc and /dev inside the chroot, private to this sshd and its sessions (no
+        # /sys: the host's x86 sysfs crashes onnxruntime's aarch64 cpuinfo under qemu-user)
+        script = 'set -e; r="$1"; shift; mount -t proc proc "$r/proc"; mount --rbind /dev "$r/dev"; exec "$@"'
         argv = ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh", str(chroot), *argv]
     proc = subprocess.Popen(argv, stderr=open(root / "sshd.log", "ab"), start_new_session=True)
     try:

@@ -276,3 +276,49 @@ def test_read_only_disk(device: Device, small_mount: Path, tmp_path: Path) -> No
     with pytest.raises(RemoteDeviceError) as e:
         d.bench(_big_onnx(tmp_path / "m.onnx"))
     assert "read-only" in e.value.problem and "--workdir" in e.value.fix
+
+
+# -- the command line ----------------------------------------------------------------------------
+
+def test_cli_add_describe_bench_and_run_on_a_device(device: Device, server: sd.Sshd, env: Path,
+                                                     cnn_onnx: Path, tmp_path: Path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from edgekit.cli import main
+
+    cli = CliRunner()
+    s = device.spec
+    r = cli.invoke(main, ["devices", "add", "cli-dev", s.url, "--identity", s.identity, "--python", s.python,
+                          "--workdir", s.workdir])
+    assert r.exit_code == 0, r.output
+    assert resolve("cli-dev").python == s.python
+    r = cli.invoke(main, ["devices", "--on", "cli-dev", "--json"])
+    assert r.exit_code == 0, r.output
+    info = json.loads(r.stdout)
+    assert info["name"] == "cli-dev" and "onnxruntime" in info["runtimes"] and "litert" in info["missing"]
+    r = cli.invoke(main, ["bench", str(cnn_onnx), "--on", "cli-dev", "--runs", "5", "--warmup", "1", "--json"])
+    assert r.exit_code == 0, r.output
+    row = json.loads(r.stdout)["results"][0]
+    assert row["status"] == "ok" and row["host"]["name"] == "cli-dev" and row["latency"]["runs"] == 5
+    x = tmp_path / "x.npz"
+    np.savez(x, pixels=np.random.default_rng(5).standard_normal((1, 3, 16, 16)).astype(np.float32))
+    r = cli.invoke(main, ["run", str(cnn_onnx), "--on", "cli-dev", "--input", str(x), "--output",
+                          str(tmp_path / "y.npz"), "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["agree"] is True and out["parity"][0]["max_abs_err"] < 1e-5 and out["host"]["name"] == "cli-dev"
+    with np.load(tmp_path / "y.npz") as z:
+        assert z["logits"].shape == (1, 10)
+    r = cli.invoke(main, ["devices", "setup", "cli-dev", "--runtime", "litert"], input="n\n")
+    assert r.exit_code == 1 and "pip install" in r.output and "edgekit[litert]" in r.output
+
+
+def test_cli_unknown_device_names_the_fix() -> None:
+    from click.testing import CliRunner
+
+    from edgekit.cli import main
+
+    r = CliRunner().invoke(main, ["bench", "x.onnx", "--on", "nowhere"])
+    assert r.exit_code == 2 and "edgekit devices add nowhere" in r.output

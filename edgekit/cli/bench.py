@@ -16,6 +16,7 @@ from edgekit.cli._common import (
     task_inputs,
     timing_options,
 )
+from edgekit.cli.devices import on_option, remote
 
 
 def stages_table(results: list[Any]) -> Any:
@@ -41,10 +42,11 @@ def stages_table(results: list[Any]) -> Any:
               "tokenizing, inference and postprocessing timed apart.")
 @click.option("--image", "images", multiple=True, type=click.Path(path_type=Path),
               help="Measure the task end to end on this image file (repeatable), preprocessing timed apart.")
+@on_option
 def bench(artifacts: tuple[Path, ...], device: str, runtime: str | None, threads: int | None, batch: int,
           dims: tuple[str, ...], input_path: Path | None, warmup: int, runs: int | None, min_time: float,
           isolated: bool, save_path: Path | None, as_json: bool, texts: tuple[str, ...] = (),
-          images: tuple[Path, ...] = ()) -> None:
+          images: tuple[Path, ...] = (), on: str | None = None) -> None:
     """Benchmark one or more artifacts with the same harness; one table row per artifact.
 
     (``edgekit bench --matrix SRC ...`` still runs ``edgekit matrix SRC ...`` for this release.)
@@ -52,7 +54,7 @@ def bench(artifacts: tuple[Path, ...], device: str, runtime: str | None, threads
     from edgekit.harness import SCHEMA, benchmark
     from edgekit.report import bench_table
 
-    with errors():
+    with errors(), remote(on) as place:
         sizes = parse_dims(dims)
         results = []
         with progress_bar(not as_json) as progress:
@@ -62,7 +64,7 @@ def bench(artifacts: tuple[Path, ...], device: str, runtime: str | None, threads
                 results.append(benchmark(path, device=device, runtime=runtime, threads=threads,
                                          inputs=input_path, batch=batch, dims=sizes, warmup=warmup,
                                          runs=runs, min_time=min_time, isolated=isolated,
-                                         task_inputs=task_inputs(texts, images, path)))
+                                         task_inputs=task_inputs(texts, images, path), on=place))
         payload = {"schema": SCHEMA, "results": [r.to_dict() for r in results]}
         if publish(payload, save_path, as_json):
             console.print(bench_table(results))

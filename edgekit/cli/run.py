@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from edgekit.cli._common import console, emit_json, err, errors, task_inputs
+from edgekit.cli.devices import on_option, run_on
 
 
 def run_task(m: Any, inputs: list[str], top_k: int, as_json: bool) -> None:
@@ -63,10 +64,13 @@ def run_task(m: Any, inputs: list[str], top_k: int, as_json: bool) -> None:
 @click.option("--image", "images", multiple=True, type=click.Path(path_type=Path),
               help="Classify this image file (repeatable), preprocessed as the manifest records.")
 @click.option("--top-k", default=1, show_default=True, help="--text/--image: labels shown per input.")
+@on_option
 def run(artifact: Path, input_path: Path | None, output_path: Path | None, device: str,
         runtime: str | None, threads: int | None, as_json: bool, texts: tuple[str, ...] = (),
-        images: tuple[Path, ...] = (), top_k: int = 1) -> None:
-    """Run ARTIFACT once on --input and print (or save) its outputs."""
+        images: tuple[Path, ...] = (), top_k: int = 1, on: str | None = None) -> None:
+    """Run ARTIFACT once on --input and print (or save) its outputs (with --on: on a device, compared with here)."""
+    if on is not None:
+        return run_on(on, artifact, input_path, output_path, runtime, threads, as_json)
     import time
 
     import numpy as np

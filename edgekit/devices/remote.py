@@ -56,6 +56,7 @@ class Device:
         self.io_timeout = io_timeout  # a stalled file transfer fails after this long
         self.margin = margin  # a remote bench/run may take its timeout plus this (start-up, placing files)
         self.last_push: PushReport | None = None
+        self.last_host: dict[str, Any] | None = None  # the host block of the last run()
 
     @property
     def name(self) -> str:
