@@ -145,7 +145,9 @@ def test_unknown_layer_names_its_near_matches(model: nn.Module, tmp_path: Path) 
 def test_excluding_the_fragile_layer_restores_parity(plain: dict[str, Any], kept: dict[str, Any]) -> None:
     for fmt in ("onnx", "openvino"):
         without, with_ = plain[f"{fmt}-int8-dynamic"], kept[f"{fmt}-int8-dynamic"]
-        assert _worst(without) < 0.9 and _worst(with_) > 0.999, fmt
+        # 0.998: ONNX int8 weights are 7-bit by default (reduce_range, exact on CPUs without VNNI);
+        # fc1 and fc3 at 7 bits give 0.9987, at 8 bits 0.9996 (measured)
+        assert _worst(without) < 0.9 and _worst(with_) > 0.998, (fmt, _worst(with_))
         ex = _exclusions(with_)
         assert ex["requested"] == ex["applied"] == ["fc2"] and ex["missing"] == [], fmt
         assert len(ex["native"]["fc2"]) == 1
