@@ -8,12 +8,17 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgekit.errors import CalibrationError, EdgekitError, VerificationError
 from edgekit.fsutil import publish, sha256_file, staging_dir, write_json_atomic
 from edgekit.manifest import Manifest, Verification, library_versions, manifest_path
 from edgekit.types import Format, Precision, ProgressFn
+
+if TYPE_CHECKING:
+    from edgekit.converters import Converter
+    from edgekit.evaluate import Evaluator
+    from edgekit.sources import ModelSource
 
 VERIFY_SAMPLES = 32  # calibration samples re-used for parity, on top of the example inputs
 
@@ -66,9 +71,6 @@ def convert(
     preprocess: Mapping[str, Any] | None = None,
     keep_going: bool = False,
     progress: ProgressFn | None = None,
-    recipe: Any = None,
-    evaluator: Any = None,
-    record: Mapping[str, Any] | None = None,
 ) -> list[Artifact]:
     """Convert a model to each target format and precision, verifying every variant.
 
@@ -77,15 +79,9 @@ def convert(
     built-in default. ``options`` maps a format name to its converter options. ``preprocess``
     records what ``Model.classify``/``embed`` need, for sources that carry no tokenizer or
     processor files (see docs/tasks.md): e.g. ``{"id2label": [...], "image": {"size": [32, 32]}}``.
-    ``targets`` defaults to ONNX. ``evaluator`` picks the task metric verification records
-    (``edgekit.evaluate``: a name, ``package.module:function`` or an Evaluator; default: accuracy
-    on labelled ``eval_data``).
-
-    ``recipe`` (an ``edgekit.optimize.recipe.Recipe``, a YAML/JSON path or a mapping) first runs the
-    recipe's prune/distill stages and then converts with its targets and precisions, gating every
-    stage on the task metric (``edgekit.optimize.pipeline.run_recipe``; ``targets``/``precisions``
-    given here override the recipe's). The recipe and its stage report (``record``) are stored in
-    every manifest.
+    ``targets`` defaults to ONNX. Verification records accuracy on labelled ``eval_data``.
+    Recipes (prune/distill stages gated on a task metric, another metric) go through
+    ``edgekit.optimize.pipeline.run_recipe``.
 
     >>> arts = edgekit.convert(net, (x,), targets=["onnx"], precisions=["fp32", "int8-dynamic"])  # doctest: +SKIP
     >>> arts[0].verification.passed  # doctest: +SKIP
@@ -94,28 +90,60 @@ def convert(
     Raises the first error unless ``keep_going`` (then failed variants are rows with a reason);
     raises :class:`VerificationError` when an fp32 variant is out of tolerance.
     """
-    from edgekit.calib import load_calibration, load_eval
-    from edgekit.converters import CONVERTERS, BuildContext
-    from edgekit.options import options_dict, parse_options
     from edgekit.sources import resolve_source
 
-    if recipe is not None:
-        from edgekit.optimize.pipeline import run_recipe
+    _plan_converters(targets, precisions, options)  # bad targets or options fail before the model loads
+    source = resolve_source(model, example_inputs, input_names=input_names, output_names=output_names,
+                            dynamic_axes=dynamic_axes, weights=weights, seq_len=seq_len)
+    return convert_source(source, targets=targets, precisions=precisions, out=out, calib=calib,
+                          eval_data=eval_data, options=options, name=name, preprocess=preprocess,
+                          keep_going=keep_going, progress=progress)
 
-        return run_recipe(recipe, model, example_inputs, targets=targets, precisions=precisions, out=out,
-                          calib=calib, eval_data=eval_data, options=options, name=name,
-                          input_names=input_names, output_names=output_names, dynamic_axes=dynamic_axes,
-                          weights=weights, seq_len=seq_len, preprocess=preprocess, keep_going=keep_going,
-                          progress=progress).artifacts
+
+def _plan_converters(targets: Sequence[str | Format] | str | None,
+                     precisions: Sequence[str | Precision] | str | None,
+                     options: Mapping[str, Any] | None) -> tuple[list[Converter], list[Precision] | None,
+                                                                 dict[Format, Any]]:
+    """The converters, the precisions asked for and each converter's parsed options; options are
+    checked first (no heavy import), then each converter's packages."""
+    from edgekit.converters import CONVERTERS
+    from edgekit.options import parse_options
+
     formats = Format.parse_list(targets or ("onnx",))
     wanted = Precision.parse_list(precisions) if precisions is not None else None
     converters = [CONVERTERS.get(f)() for f in formats]
+    opts = {c.format: parse_options(c.Options, (options or {}).get(c.format.value)) for c in converters}
     for conv in converters:
         conv.check(wanted or [Precision.FP32])
-    opts = {c.format: parse_options(c.Options, (options or {}).get(c.format.value)) for c in converters}
+    return converters, wanted, opts
 
-    source = resolve_source(model, example_inputs, input_names=input_names, output_names=output_names,
-                            dynamic_axes=dynamic_axes, weights=weights, seq_len=seq_len)
+
+def convert_source(
+    source: ModelSource,
+    *,
+    targets: Sequence[str | Format] | str | None = None,
+    precisions: Sequence[str | Precision] | str | None = None,
+    out: str | Path = "edgekit-out",
+    calib: str | Path | None = None,
+    eval_data: str | Path | None = None,
+    options: Mapping[str, Any] | None = None,
+    name: str | None = None,
+    preprocess: Mapping[str, Any] | None = None,
+    keep_going: bool = False,
+    progress: ProgressFn | None = None,
+    evaluator: str | Evaluator | None = None,
+    record: Mapping[str, Any] | None = None,
+) -> list[Artifact]:
+    """:func:`convert` for a resolved ``source``: the lower-level entry of callers that hold one
+    (``run_recipe``, ``edgekit.matrix``). ``evaluator`` picks the task metric verification records
+    (a name, ``package.module:function`` or an :class:`~edgekit.evaluate.Evaluator`; default:
+    accuracy on labelled data); ``record`` (a recipe and its stage report) is stored in every
+    manifest under ``recipe``."""
+    from edgekit.calib import load_calibration, load_eval
+    from edgekit.converters import BuildContext
+    from edgekit.options import options_dict
+
+    converters, wanted, opts = _plan_converters(targets, precisions, options)
     if preprocess:  # what the runtime's task pipelines need (labels, tokenizer, image spec)
         from edgekit.sources.module import with_preprocess
 

@@ -18,7 +18,7 @@ import numpy as np
 from edgekit.errors import ArtifactError, ConfigError, DeviceUnavailableError, MissingDependencyError
 from edgekit.inputs import InputChecker
 from edgekit.manifest import SUFFIX, Manifest, read_manifest
-from edgekit.types import Device, Format, ProgressFn, Signature
+from edgekit.types import Device, DeviceRequest, Format, ProgressFn, Signature
 
 if TYPE_CHECKING:
     from edgekit.harness import BenchResult
@@ -84,13 +84,18 @@ class Model(ABC):
     module: ClassVar[str]  # the Python module this backend needs
     extra: ClassVar[str]  # the pip extra that installs it
 
-    def __init__(self, ref: ArtifactRef, *, device: str = "cpu", threads: int | None = None,
+    def __init__(self, ref: ArtifactRef, *, device: DeviceRequest | str = "cpu", threads: int | None = None,
                  **options: Any) -> None:
         self.path = ref.path
         self.format = ref.format
         self.manifest = ref.manifest
         self.size_bytes = ref.size_bytes
-        self.device = device
+        self.request = DeviceRequest.parse(device)  # what a backend reads; never the raw string
+        if self.request.runtime not in (None, self.name):
+            raise ConfigError(f"device {str(self.request)!r} is for the {self.request.runtime} runtime, not {self.name}",
+                              fix=f"load it with runtime={self.request.runtime!r}, or pass a device {self.name} "
+                              f"serves: {self.name}:NAME or cpu/gpu/npu/auto")
+        self.device = str(self.request)
         self.threads = threads
         self.options = options
         self._closed = False
@@ -112,7 +117,7 @@ class Model(ABC):
 
     @abstractmethod
     def _open(self) -> Signature:
-        """Load the artifact for ``self.device``; return the signature the runtime sees."""
+        """Load the artifact for ``self.request``; return the signature the runtime sees."""
 
     @abstractmethod
     def _run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -258,15 +263,23 @@ def runtime_for(fmt: Format, runtime: str | None = None) -> type[Model]:
         fix=f"pip install 'edgekit[{first.extra}]'" + (f", or load it with runtime={others[0]!r}" if others else ""))
 
 
-def load(path: str | Path, device: str = "cpu", *, runtime: str | None = None,
+def load(path: str | Path, device: str | DeviceRequest = "cpu", *, runtime: str | None = None,
          threads: int | None = None, **options: Any) -> Model:
-    """Load an artifact for inference on ``device`` (cpu, gpu, npu, auto).
+    """Load an artifact for inference on ``device``: cpu, gpu, npu, auto, or ``RUNTIME:NAME`` with a
+    runtime's own device name (``openvino:GPU.1``), which also picks that runtime (see
+    :class:`~edgekit.types.DeviceRequest`).
 
     >>> m = edgekit.load("out/digits-cnn-fp32.onnx", device="cpu", threads=2)  # doctest: +SKIP
     >>> m.run({"pixels": x})["logits"].shape  # doctest: +SKIP
     """
+    request = DeviceRequest.parse(device)
+    if request.runtime is not None:
+        if runtime not in (None, request.runtime):
+            raise ConfigError(f"device {str(request)!r} names the {request.runtime} runtime, but runtime={runtime!r}",
+                              fix=f"drop runtime=, or write device='{runtime}:NAME' with a {runtime} device name")
+        runtime = request.runtime
     ref = resolve_artifact(path)
     cls = runtime_for(ref.format, runtime)
     if threads is not None and threads < 1:
         raise ConfigError(f"threads must be at least 1, got {threads}", fix="pass threads=1 or more")
-    return cls(ref, device=device, threads=threads, **options)
+    return cls(ref, device=request, threads=threads, **options)

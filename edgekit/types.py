@@ -92,6 +92,59 @@ class Device(_Vocabulary):
     AUTO = "auto"
 
 
+@dataclass(frozen=True)
+class DeviceRequest:
+    """Where to run a model, parsed once from the user's ``device`` string by ``edgekit.load``.
+
+    ``"cpu"``, ``"gpu"``, ``"npu"`` and ``"auto"`` ask for a kind of device and let the runtime
+    choose its backend for it. ``"RUNTIME:NATIVE"`` names one runtime and hands it NATIVE, that
+    runtime's own device name, unchanged: ``onnxruntime:CUDAExecutionProvider``,
+    ``openvino:GPU.1``, ``openvino:AUTO:GPU.0,CPU``, ``litert:xnnpack``,
+    ``litert:/path/libdelegate.so``, ``llamacpp:gpu-offload``. Such a request has kind AUTO: which
+    kind NATIVE is, only its runtime knows.
+
+    >>> DeviceRequest.parse("openvino:GPU.1")
+    DeviceRequest(kind=<Device.AUTO: 'auto'>, runtime='openvino', native='GPU.1')
+    >>> str(DeviceRequest.parse(" GPU "))
+    'gpu'
+    """
+
+    kind: Device = Device.CPU
+    runtime: str | None = None  # the runtime a native name belongs to
+    native: str | None = None  # that runtime's own device name, passed through
+
+    def __post_init__(self) -> None:
+        if (self.runtime is None) != (self.native is None) or self.runtime == "" or self.native == "":
+            raise ConfigError(f"device {self.runtime!r}:{self.native!r} needs both a runtime and its device "
+                              "name", fix=DEVICE_FIX)
+
+    @classmethod
+    def parse(cls, value: str | Device | DeviceRequest) -> DeviceRequest:
+        """``"gpu"`` -> kind GPU; ``"openvino:GPU.1"`` -> runtime ``openvino``, native ``GPU.1``."""
+        if isinstance(value, DeviceRequest):
+            return value
+        if isinstance(value, Device):
+            return cls(value)
+        if not isinstance(value, str):
+            raise ConfigError(f"device must be a string, got {type(value).__name__}", fix=DEVICE_FIX)
+        head, sep, rest = value.strip().partition(":")
+        if not sep:
+            try:
+                return cls(Device.parse(head))
+            except ConfigError as e:
+                raise ConfigError(e.problem, fix=DEVICE_FIX) from None
+        runtime, native = head.strip().lower(), rest.strip()
+        if not runtime or not native:
+            raise ConfigError(f"device {value!r} is not RUNTIME:NAME", fix=DEVICE_FIX)
+        return cls(Device.AUTO, runtime, native)
+
+    def __str__(self) -> str:
+        return f"{self.runtime}:{self.native}" if self.native is not None else self.kind.value
+
+
+DEVICE_FIX = ("use one of: " + ", ".join(d.value for d in Device) + ", or RUNTIME:NAME with a runtime's own "
+              "device name, e.g. onnxruntime:CUDAExecutionProvider or openvino:GPU.1 (`edgekit devices` lists them)")
+
 Dim = int | str  # a fixed size, or the name of a dynamic axis
 
 # progress(stage, done, total): long work reports each step; total None when unknown

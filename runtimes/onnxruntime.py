@@ -49,12 +49,12 @@ class OrtModel(Model):
     def _providers(self) -> list[str]:
         import onnxruntime as ort
 
-        if ":" in self.device:  # "onnxruntime:CUDAExecutionProvider" passthrough
-            wanted = self.device.split(":", 1)[1]
+        wanted = self.request.native  # "onnxruntime:CUDAExecutionProvider": an execution provider by name
+        if wanted is not None:
             if wanted not in ort.get_available_providers():
                 raise self._unavailable(self.device)
             return [wanted] + (["CPUExecutionProvider"] if wanted != "CPUExecutionProvider" else [])
-        device = Device.parse(self.device)
+        device = self.request.kind
         usable = self.devices().get(device)
         if not usable:
             raise self._unavailable(device.value)

@@ -141,9 +141,9 @@ class OpenVinoModel(Model):
 
     # -- loading ---------------------------------------------------------------------------
     def _target(self) -> str:
-        """The OpenVINO device string for ``self.device``; raises when it is not available."""
-        if ":" in self.device:  # "openvino:GPU.1" (or "openvino:AUTO:GPU,CPU") passthrough
-            wanted = self.device.split(":", 1)[1].strip()
+        """The OpenVINO device string for ``self.request``; raises when it is not available."""
+        wanted = self.request.native  # "openvino:GPU.1" (or "openvino:AUTO:GPU,CPU") passthrough
+        if wanted is not None:
             if wanted == "AUTO":  # AUTO without a list: the same candidates as device="auto"
                 wanted = (self.devices().get(Device.AUTO) or ["AUTO:CPU"])[0]
             elif wanted in COMPOSITE:
@@ -155,7 +155,7 @@ class OpenVinoModel(Model):
                 if part not in have and part not in plugins:
                     raise self._unavailable(self.device)
             return wanted
-        device = Device.parse(self.device)
+        device = self.request.kind
         usable = self.devices().get(device)
         if not usable:
             raise self._unavailable(device.value)

@@ -70,7 +70,8 @@ def matrix(
     failed rows with the reason. ``inputs`` (an .npz path or arrays) replaces the inputs
     synthesized from the source's examples with ``bench.batch``/``bench.dims``; every row,
     the eager baseline included, is timed on the same feed. The source arguments, ``options``,
-    ``name``, ``preprocess`` and ``evaluator`` mean what they mean for ``edgekit.convert``.
+    ``name``, ``preprocess`` and ``evaluator`` mean what they mean for
+    ``edgekit.conversion.convert_source``.
 
     ``ray`` (``"local"``, ``"auto"`` or ``"ray://host:10001"``) runs every conversion and benchmark
     as a Ray task instead (``edgekit.matrix._ray``), at most ``max_parallel`` at a time.
@@ -187,11 +188,11 @@ def _one_format(run: _Run, src: ModelSource, cells: list[Variant], previous: dic
 
 def _convert(src: ModelSource, fmt: Format, precisions: list[Precision], out_dir: Path,
              convert_options: dict[str, Any], progress: ProgressFn | None) -> list[MatrixRow]:
-    from edgekit.conversion import convert
+    from edgekit.conversion import convert_source
 
     try:
-        arts = convert(src, targets=[fmt], precisions=precisions, out=out_dir, keep_going=True,
-                       progress=progress, **convert_options)
+        arts = convert_source(src, targets=[fmt], precisions=precisions, out=out_dir, keep_going=True,
+                              progress=progress, **convert_options)
     except EdgekitError as e:  # a VerificationError still carries every variant's row
         arts = getattr(e, "artifacts", None) or []
         if not arts:

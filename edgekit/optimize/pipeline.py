@@ -293,10 +293,10 @@ def _record_gate(a: Artifact, run: _Run, row: StageReport) -> None:
 
 
 def _convert_and_gate(run: _Run, source: ModelSource, convert_kwargs: dict[str, Any]) -> list[Artifact]:
-    from edgekit.conversion import convert
+    from edgekit.conversion import convert_source
 
     record = run.report.torch_dict()
-    arts = convert(source, evaluator=run.evaluator, record=record, **convert_kwargs)
+    arts = convert_source(source, evaluator=run.evaluator, record=record, **convert_kwargs)
     built = {(a.format.value, a.precision.value) for a in arts}
     final: list[Artifact] = []
     failures: list[StageReport] = []
@@ -311,7 +311,7 @@ def _convert_and_gate(run: _Run, source: ModelSource, convert_kwargs: dict[str, 
                 break
             attempt += 1
             kwargs = {**convert_kwargs, "targets": [current.format], "precisions": [ladder[0]]}
-            (current,) = convert(source, evaluator=run.evaluator, record=record, **kwargs)
+            (current,) = convert_source(source, evaluator=run.evaluator, record=record, **kwargs)
             built.add((current.format.value, current.precision.value))
             row = _gate_artifact(run, current, attempt)
             row.details["stepped_back_from"] = final[-1].precision.value

@@ -131,9 +131,9 @@ class LiteRtModel(Model):
 
     # -- loading ---------------------------------------------------------------------------
     def _backend(self, opts: LiteRtRunOptions) -> tuple[str, Path | None]:
-        """(backend name, delegate library or None) for ``self.device``."""
-        if self.device.startswith(f"{self.name}:"):
-            wanted = self.device.split(":", 1)[1]
+        """(backend name, delegate library or None) for ``self.request``."""
+        wanted = self.request.native  # "litert:xnnpack", "litert:/path/libdelegate.so"
+        if wanted is not None:
             if wanted in CPU_BACKENDS:
                 return wanted, None
             lib = find_library(wanted)
@@ -142,7 +142,7 @@ class LiteRtModel(Model):
                                              fix="give the full path of a TFLite external-delegate .so, or "
                                              "one of: " + ", ".join(self._listing()))
             return lib.name, lib
-        device = Device.parse(self.device)
+        device = self.request.kind
         if device is Device.CPU:
             return ("xnnpack" if opts.xnnpack else "builtin"), None
         order = [device] if device is not Device.AUTO else [Device.GPU, Device.NPU]

@@ -82,6 +82,10 @@ class TokenBench:
         return asdict(self)
 
 
+# llama.cpp's own device names (what ``devices()`` lists) -> the kind of device they are
+NATIVE_DEVICES: dict[str, Device] = {"cpu": Device.CPU, "gpu-offload": Device.GPU}
+
+
 @RUNTIMES.register("llamacpp")
 class LlamaCppModel(Model):
     """A GGUF model in llama.cpp: per-position logits, generation, chat and token benchmarks."""
@@ -152,7 +156,11 @@ class LlamaCppModel(Model):
         return Signature((ids, mask), (logits,))
 
     def _gpu_layers(self, llama_cpp: ModuleType, opts: LlamaCppOptions) -> int:
-        device = Device.parse(self.device)
+        device = self.request.kind
+        if self.request.native is not None:  # "llamacpp:cpu", "llamacpp:gpu-offload": the names devices() lists
+            if self.request.native not in NATIVE_DEVICES:
+                raise self._unavailable(self.device)
+            device = NATIVE_DEVICES[self.request.native]
         has_gpu = bool(llama_cpp.llama_supports_gpu_offload())
         if device is Device.GPU and not has_gpu:
             raise DeviceUnavailableError(
