@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from starlette.responses import StreamingResponse
+
 from edgekit.serve.app import guarded, state_of
 from edgekit.serve.llm import Generation, prompt_tokens, stream
 from edgekit.serve.responses import HTTPError, json_response, read_json
@@ -28,6 +30,17 @@ if TYPE_CHECKING:
     from edgekit.serve.served import ServedModel
 
 MAX_EMBED_INPUTS = 2048
+
+
+class EventStream(StreamingResponse):
+    """Server-sent events whose generator is closed as soon as the response ends, a client gone
+    included (Starlette leaves it suspended, and the model generating, until garbage collection)."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.body_iterator.aclose()  # type: ignore[attr-defined]
 
 
 def _model(state: ServerState, body: dict[str, Any]) -> ServedModel:
@@ -83,7 +96,8 @@ def _sampling(body: dict[str, Any], state: ServerState, default_max: int) -> dic
     if body.get("n", 1) != 1:
         raise HTTPError(400, "n other than 1 is not supported", fix="send n=1 and repeat the request")
     limit = state.config.max_tokens_limit
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens")) or default_max
+    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    max_tokens = default_max if max_tokens is None else max_tokens
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or not 1 <= max_tokens <= limit:
         raise HTTPError(400, f"max_tokens must be an integer from 1 to {limit}, got {max_tokens!r}",
                         fix="send e.g. max_tokens=128")
@@ -146,8 +160,6 @@ def _check_input(body: dict[str, Any], chat: bool) -> tuple[str | None, list[dic
 
 async def _answer(request: Request, state: ServerState, body: dict[str, Any], chat: bool,
                   problem: HTTPError | None) -> Response:
-    from starlette.responses import StreamingResponse
-
     if problem is not None:
         raise problem
     served = _model(state, body)
@@ -176,7 +188,7 @@ async def _answer(request: Request, state: ServerState, body: dict[str, Any], ch
     if body.get("stream"):
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         events = _events(pieces, first, gen, served.name, ident, chat, include_usage)
-        return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-store"})
+        return EventStream(events, media_type="text/event-stream", headers={"Cache-Control": "no-store"})
     async for _ in pieces:
         pass
     return json_response(_final(gen, served.name, ident, chat))
@@ -207,12 +219,15 @@ async def _events(pieces: AsyncIterator[str], first: list[str], gen: Generation,
     def event(data: Any) -> bytes:
         return b"data: " + json.dumps(data).encode() + b"\n\n"
 
-    if chat:
-        yield event(_chunk(name, ident, chat, "", None, role=True))
-    for piece in first:
-        yield event(_chunk(name, ident, chat, piece, None))
-    async for piece in pieces:
-        yield event(_chunk(name, ident, chat, piece, None))
+    try:
+        if chat:
+            yield event(_chunk(name, ident, chat, "", None, role=True))
+        for piece in first:
+            yield event(_chunk(name, ident, chat, piece, None))
+        async for piece in pieces:
+            yield event(_chunk(name, ident, chat, piece, None))
+    finally:
+        await pieces.aclose()  # type: ignore[attr-defined]  # a client gone: stop generating now
     yield event(_chunk(name, ident, chat, None, gen.finish_reason))
     if include_usage:
         last = _chunk(name, ident, chat, None, None)

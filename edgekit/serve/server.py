@@ -79,6 +79,8 @@ class Server:
             def handle_exit(self, sig: int, frame: Any) -> None:
                 state.draining = True  # new requests get 503 while those in flight finish
                 super().handle_exit(sig, frame)
+                # a drained stop is a clean exit (status 0): uvicorn would re-raise the signal after
+                getattr(self, "_captured_signals", []).clear()
 
         config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="on",
                                 timeout_graceful_shutdown=int(self.config.drain_timeout_s) or None,

@@ -1,8 +1,10 @@
 """What the kiosk does with one request: check the input, classify it, time each stage.
 
-The model is an edgekit artifact loaded with ``edgekit.load``; preprocessing (tokenizer, image
-resize and normalisation) is the artifact's own task pipeline, so the kiosk holds no model code.
-Nothing here imports torch: a kiosk installs ``edgekit[onnxruntime]`` (or another runtime extra).
+The model is served by ``edgekit serve`` (:mod:`edgekit.serve`): it was loaded with
+``edgekit.load`` after its sha256 was checked, and preprocessing (tokenizer, image resize and
+normalisation) is the artifact's own task pipeline, so the kiosk holds no model code. Requests go
+through the server's queue like any other client's. Nothing here imports torch: a kiosk installs
+``edgekit[onnxruntime,serve]`` (or another runtime extra).
 """
 
 from __future__ import annotations
@@ -10,13 +12,13 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import threading
 import time
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import edgekit
-from edgekit.tasks import pipeline_for
+
+if TYPE_CHECKING:
+    from edgekit.serve.served import ServedModel
 
 MAX_TEXT_CHARS = 5_000
 MAX_IMAGE_PIXELS = 25_000_000  # larger images are refused before Pillow decodes them
@@ -32,21 +34,15 @@ class BadInput(Exception):
 
 
 class Predictor:
-    """One loaded classifier (text or image) and the lock that serialises calls to it.
+    """The kiosk's view of the one classifier the server holds (text or image)."""
 
-    One call at a time keeps the reported latency the model's own, not a queue's, and suits a
-    kiosk where one person uses the screen.
-    """
-
-    def __init__(self, artifact: str | Path, *, device: str = "cpu", threads: int | None = None) -> None:
-        self.model = edgekit.load(artifact, device=device, threads=threads)
-        try:
-            self.pipeline = pipeline_for(self.model, "classify")
-        except edgekit.EdgekitError:
-            self.model.close()
-            raise
-        self.kind: str = self.pipeline.input_kind  # "text" | "image"
-        self._lock = threading.Lock()
+    def __init__(self, served: ServedModel) -> None:
+        if served.pipeline is None or "classify" not in type(served.pipeline).verbs:
+            raise edgekit.ConfigError(f"{served.model.path.name} is not a classifier (task {served.task!r})",
+                                      fix="serve a text or image classifier converted by edgekit")
+        self.served = served
+        self.model = served.model
+        self.kind: str = served.pipeline.input_kind  # "text" | "image"
 
     def info(self) -> dict[str, Any]:
         """What the page shows about the model: name, task, input kind, labels, runtime."""
@@ -56,21 +52,21 @@ class Predictor:
             "artifact": self.model.path.name,
             "format": self.model.format.value,
             "precision": m.precision.value if m else None,
-            "task": self.pipeline.task,
+            "task": self.served.task,
             "input": self.kind,
             "labels": [labels[k] for k in sorted(labels, key=lambda k: int(k) if k.isdigit() else k)],
             "size_bytes": self.model.size_bytes,
             **self.model.describe(),
         }
 
-    def warm_up(self, calls: int = 3) -> None:
+    async def warm_up(self, calls: int = 3) -> None:
         """A few requests before the first visitor (the runtime's first runs and Pillow's first
         decode are slow), so the first answer shows the steady latency."""
         payload = {"text": "warm up"} if self.kind == "text" else {"image": _blank_png()}
         for _ in range(calls):
-            self.predict(payload)
+            await self.predict(payload)
 
-    def predict(self, payload: Any) -> dict[str, Any]:
+    async def predict(self, payload: Any) -> dict[str, Any]:
         """Answer one ``/api/predict`` body: ``{"text": ...}`` or ``{"image": base64}``, ``top_k``."""
         if not isinstance(payload, dict):
             raise BadInput("the request body must be a JSON object",
@@ -87,28 +83,12 @@ class Predictor:
         started = time.perf_counter()
         item = _text(payload["text"]) if self.kind == "text" else _image(payload["image"])
         decode_ms = (time.perf_counter() - started) * 1000.0
-        result, timing = self._classify(item, top_k)
+        # the server's queue and the artifact's pipeline: tokenize/resize, run the model, rank
+        (result,), stages = await self.served.classify([item], top_k)
+        timing = {k: stages[k] for k in ("queue_ms", "preprocess_ms", "inference_ms", "postprocess_ms")}
         timing["decode_ms"] = decode_ms
         timing["total_ms"] = (time.perf_counter() - started) * 1000.0
         return {**result, "timing": timing}
-
-    def _classify(self, item: Any, top_k: int) -> tuple[dict[str, Any], dict[str, float]]:
-        """The pipeline's three stages, timed apart: tokenize/resize, run the model, rank."""
-        p = self.pipeline
-        with self._lock:
-            t0 = time.perf_counter()
-            prepared = p.preprocess([item])
-            t1 = time.perf_counter()
-            outputs = p.infer(prepared)
-            t2 = time.perf_counter()
-            (result,) = p.postprocess(prepared, outputs, top_k=top_k)
-            t3 = time.perf_counter()
-        timing = {"preprocess_ms": (t1 - t0) * 1000.0, "inference_ms": (t2 - t1) * 1000.0,
-                  "postprocess_ms": (t3 - t2) * 1000.0}
-        return result, timing
-
-    def close(self) -> None:
-        self.model.close()
 
 
 def _text(value: Any) -> str:
