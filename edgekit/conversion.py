@@ -92,7 +92,7 @@ def convert(
     """
     from edgekit.sources import resolve_source
 
-    _plan_converters(targets, precisions, options)  # bad targets or options fail before the model loads
+    plan_converters(targets, precisions, options)  # bad targets or options fail before the model loads
     source = resolve_source(model, example_inputs, input_names=input_names, output_names=output_names,
                             dynamic_axes=dynamic_axes, weights=weights, seq_len=seq_len)
     return convert_source(source, targets=targets, precisions=precisions, out=out, calib=calib,
@@ -100,12 +100,13 @@ def convert(
                           keep_going=keep_going, progress=progress)
 
 
-def _plan_converters(targets: Sequence[str | Format] | str | None,
+def plan_converters(targets: Sequence[str | Format] | str | None,
                      precisions: Sequence[str | Precision] | str | None,
                      options: Mapping[str, Any] | None) -> tuple[list[Converter], list[Precision] | None,
                                                                  dict[Format, Any]]:
     """The converters, the precisions asked for and each converter's parsed options; options are
-    checked first (no heavy import), then each converter's packages."""
+    checked first (no heavy import), then each converter's packages. Callers run it before they
+    load or train a model, so a misspelled option fails at once."""
     from edgekit.converters import CONVERTERS
     from edgekit.options import parse_options
 
@@ -143,7 +144,7 @@ def convert_source(
     from edgekit.converters import BuildContext
     from edgekit.options import options_dict
 
-    converters, wanted, opts = _plan_converters(targets, precisions, options)
+    converters, wanted, opts = plan_converters(targets, precisions, options)
     if preprocess:  # what the runtime's task pipelines need (labels, tokenizer, image spec)
         from edgekit.sources.module import with_preprocess
 

@@ -33,7 +33,7 @@ def submodule(root: Any, name: str, role: str) -> Any:
             return root.get_submodule(candidate)
         except AttributeError:
             continue
-    from edgekit.optimize.recipe import did_you_mean
+    from edgekit.options import did_you_mean
 
     known = module_names(root)
     raise ConfigError(f"the {role} has no layer named {name!r}",

@@ -323,6 +323,25 @@ def _convert_and_gate(run: _Run, source: ModelSource, convert_kwargs: dict[str, 
     return final
 
 
+def _conversion(recipe: Recipe, targets: Sequence[str | Format] | str | None,
+                precisions: Sequence[str | Precision] | str | None,
+                options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Targets, precisions and options of the recipe's conversion, with the caller's over the
+    recipe's, each option checked against its converter (no model needed, so it runs first)."""
+    from edgekit.conversion import plan_converters
+
+    q = recipe.quantize
+    opts = {k: dict(v) for k, v in (q.options.items() if q else ())}
+    for fmt, values in (options or {}).items():
+        opts[str(fmt)] = {**opts.get(str(fmt), {}), **dict(values or {})}
+    out = {"targets": targets or list(recipe.targets),
+           "precisions": precisions if precisions is not None else (list(q.precisions) if q and q.precisions
+                                                                    else None),
+           "options": opts}
+    plan_converters(out["targets"], out["precisions"], opts)
+    return out
+
+
 def run_recipe(
     recipe: Recipe | str | Path | Mapping[str, Any],
     model: Any = None,
@@ -352,6 +371,7 @@ def run_recipe(
     from edgekit.sources import resolve_source
 
     recipe = load_recipe(recipe)
+    conversion = _conversion(recipe, targets, precisions, options)  # checked before the model loads or trains
     source = resolve_source(model, example_inputs, input_names=input_names, output_names=output_names,
                             dynamic_axes=dynamic_axes, weights=weights, seq_len=seq_len)
     if recipe.prune is not None:
@@ -381,14 +401,7 @@ def run_recipe(
     optimized = _prepare(run, source) if (recipe.prune or recipe.distill) else source
     optimized = dataclasses.replace(optimized, calibration=calibration, evaluation=(
         EvalSet(data.inputs, data.labels) if data is not None and data.labels is not None else None))
-    q = recipe.quantize
-    opts = {k: dict(v) for k, v in (q.options.items() if q else ())}
-    for fmt, values in (options or {}).items():
-        opts[str(fmt)] = {**opts.get(str(fmt), {}), **dict(values or {})}
-    kwargs = {"targets": targets or list(recipe.targets),
-              "precisions": precisions if precisions is not None else (list(q.precisions) if q and q.precisions
-                                                                       else None),
-              "out": out_dir, "options": opts, "progress": progress, **convert_kwargs}
+    kwargs = {**conversion, "out": out_dir, "progress": progress, **convert_kwargs}
     artifacts = _convert_and_gate(run, optimized, kwargs)
     run.report.status = "passed"
     return PipelineResult(artifacts, run.report, optimized)

@@ -13,9 +13,7 @@ True
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
-import types
 import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -23,6 +21,7 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 from edgekit.errors import ConfigError, RecipeError
+from edgekit.options import coerce, did_you_mean
 
 SCHEMA = "edgekit.recipe/1"
 ON_FAIL = ("stop", "step-back")
@@ -35,12 +34,6 @@ SOFT_LOSSES = ("kl", "mse")
 S = TypeVar("S", bound="_Section")
 
 
-def did_you_mean(word: str, known: Iterable[str]) -> str:
-    """``"did you mean 'prune'? "`` when a known word is close to ``word``, else ``""``."""
-    close = difflib.get_close_matches(word, list(known), n=1, cutoff=0.6)
-    return f"did you mean {close[0]!r}? " if close else ""
-
-
 def check_names(key: str, names: Iterable[str], known: Iterable[str], what: str = "layer") -> None:
     """Raise a :class:`RecipeError` at ``key[i]`` for the first of ``names`` not in ``known``."""
     known = list(known)
@@ -50,57 +43,19 @@ def check_names(key: str, names: Iterable[str], known: Iterable[str], what: str 
                               fix=f"{did_you_mean(name, known)}names look like: {', '.join(known[:8])}")
 
 
+def _recipe_error(path: str, problem: str, fix: str) -> RecipeError:
+    return RecipeError(path, problem, fix=fix)
+
+
 def _bad(path: str, want: str, value: Any) -> RecipeError:
     return RecipeError(path, f"expected {want}, got {value!r}", fix=f"give {path.rsplit('.', 1)[-1]} {want}")
 
 
 def _coerce(hint: Any, value: Any, path: str) -> Any:
-    """``value`` (from YAML/JSON or Python) as the field's declared type, or a RecipeError at ``path``."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        hint = next(a for a in args if a is not type(None))
-        origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if isinstance(hint, type) and issubclass(hint, _Section):
-        return value if isinstance(value, hint) else hint.from_dict(value, path)
-    if hint is Any:
-        return value
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise _bad(path, "true or false", value)
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise _bad(path, "a whole number", value)
-        try:
-            number = float(value)
-        except ValueError:
-            raise _bad(path, "a whole number", value) from None
-        if not number.is_integer():
-            raise _bad(path, "a whole number", value)
-        return int(number)
-    if hint is float:  # YAML 1.1 reads 1e-4 (no dot) as a string: accept numeric strings
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise _bad(path, "a number", value)
-        try:
-            return float(value)
-        except ValueError:
-            raise _bad(path, "a number", value) from None
-    if hint is str:
-        if isinstance(value, str):
-            return value
-        raise _bad(path, "a string", value)
-    if origin is tuple:
-        items = [t.strip() for t in value.split(",") if t.strip()] if isinstance(value, str) else value
-        if not isinstance(items, (list, tuple)):
-            raise _bad(path, "a list", value)
-        return tuple(_coerce(args[0], v, f"{path}[{i}]") for i, v in enumerate(items))
-    if origin is dict:
-        if not isinstance(value, Mapping):
-            raise _bad(path, "a mapping of keys to values", value)
-        return {str(k): _coerce(args[1], v, f"{path}.{k}") for k, v in value.items()}
-    raise TypeError(f"recipe field type {hint!r} is not handled")  # a bug in a section's declaration
+    """``value`` (from YAML/JSON or Python) as the field's declared type, or a RecipeError at ``path``:
+    :func:`edgekit.options.coerce`, the coercer of ``-O`` options too, with sections built in place."""
+    return coerce(hint, value, path, _recipe_error,
+                  lambda cls, v, p: v if isinstance(v, cls) else cls.from_dict(v, p))
 
 
 def _plain(value: Any) -> Any:
@@ -281,8 +236,24 @@ class QuantizeStage(_Section):
 
         self._range("max_drop", 0.0)
         object.__setattr__(self, "precisions", _vocab(Precision, self.precisions, self.path("precisions")))
-        for fmt in self.options:
-            _vocab(Format, (fmt,), self.path(f"options.{fmt}"), index=False)
+        canonical: dict[str, dict[str, Any]] = {}  # ir -> openvino: the key the converter looks up
+        for fmt, values in self.options.items():
+            (name,) = _vocab(Format, (fmt,), self.path(f"options.{fmt}"), index=False) or ()
+            _converter_options(Format(name), values, self.path(f"options.{fmt}"))
+            canonical[name] = {**canonical.get(name, {}), **values}
+        object.__setattr__(self, "options", canonical)
+
+
+def _converter_options(fmt: Any, values: Mapping[str, Any], path: str) -> None:
+    """Check ``quantize.options.<format>`` against that converter's options (keys and value types)
+    when the recipe loads, not when the conversion finally reaches them after pruning and training."""
+    from edgekit.converters import CONVERTERS
+    from edgekit.options import parse_options
+
+    try:
+        parse_options(CONVERTERS.get(fmt).Options, values)
+    except ConfigError as e:
+        raise RecipeError(path, e.problem, fix=e.fix) from None
 
 
 def _vocab(enum: Any, values: tuple[str, ...] | None, path: str, index: bool = True) -> tuple[str, ...] | None:
