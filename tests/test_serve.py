@@ -38,23 +38,11 @@ TIMEOUT = 60.0
 FEATURES = 16
 
 
-class ThreadServer:
-    """``edgekit.serve.Server`` on 127.0.0.1 in a thread; ready when every model is loaded."""
+class Http:
+    """Plain HTTP to a server on 127.0.0.1:``port`` (what tests send besides the real clients)."""
 
-    def __init__(self, paths: list[Path], **config: Any) -> None:
-        self.server = Server(find_artifacts(paths, allow_unverified=config.pop("allow_unverified", False)),
-                             ServeConfig(port=0, **config))
-        self.server.bind()
-        self.port = self.server.state.port
-        self.url = f"127.0.0.1:{self.port}"
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + TIMEOUT
-        while not self.server.state.ready:
-            if self.server.state.load_error is not None:
-                raise self.server.state.load_error
-            assert time.monotonic() < deadline, "the server did not get ready"
-            time.sleep(0.05)
+    def __init__(self, port: int) -> None:
+        self.port = port
 
     def request(self, method: str, path: str, body: bytes | None = None,
                 headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
@@ -81,6 +69,25 @@ class ThreadServer:
             if m and ",".join(sorted(m[1].split(","))) == want:
                 return float(m[2])
         return 0.0
+
+
+class ThreadServer(Http):
+    """``edgekit.serve.Server`` on 127.0.0.1 in a thread; ready when every model is loaded."""
+
+    def __init__(self, paths: list[Path], **config: Any) -> None:
+        self.server = Server(find_artifacts(paths, allow_unverified=config.pop("allow_unverified", False)),
+                             ServeConfig(port=0, **config))
+        self.server.bind()
+        super().__init__(self.server.state.port)
+        self.url = f"127.0.0.1:{self.port}"
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + TIMEOUT
+        while not self.server.state.ready:
+            if self.server.state.load_error is not None:
+                raise self.server.state.load_error
+            assert time.monotonic() < deadline, "the server did not get ready"
+            time.sleep(0.05)
 
     def stop(self) -> None:
         self.server.stop()
@@ -316,3 +323,49 @@ def test_defaults_are_safe() -> None:
     assert config.host == "127.0.0.1" and config.api_key is None and config.cors_origins == ()
     with pytest.raises(edgekit.ConfigError, match="shorter than 8"):
         ServeConfig(api_key="short")
+
+
+def test_cli_sigterm_drains_the_request_in_flight_then_exits_0(mlp_dir: Path) -> None:
+    """``edgekit serve`` in a child process: a request waiting for batch company when SIGTERM comes
+    is still answered, correctly; new connections are refused; the exit status is 0."""
+    import os
+    import select
+    import signal
+    import subprocess
+    import sys
+
+    model = mlp_dir / "mlp-fp32.onnx"
+    proc = subprocess.Popen([sys.executable, "-m", "edgekit.cli", "serve", str(model), "--port", "0",
+                             "--threads", "1", "--max-batch", "8", "--batch-timeout-ms", "3000"],
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "200"})
+    try:
+        port, deadline, lines = None, time.monotonic() + TIMEOUT, []
+        while port is None and time.monotonic() < deadline:
+            if select.select([proc.stderr], [], [], 1.0)[0]:
+                lines.append(proc.stderr.readline())
+                m = re.search(r"ready at http://127\.0\.0\.1:(\d+)/ \(mlp-fp32\)", lines[-1])
+                port = int(m[1]) if m else None
+        assert port, "".join(lines)
+        srv = Http(port)
+        x = _x(2, 7)
+        body = json.dumps({"inputs": [{"name": "x", "shape": [2, FEATURES], "datatype": "FP32",
+                                       "data": x.reshape(-1).tolist()}]}).encode()
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(srv.request, "POST", "/v2/models/mlp-fp32/infer", body)
+            while srv.metric("edgekit_queue_depth", model="mlp-fp32") < 1:  # waiting for company
+                assert not pending.done() and time.monotonic() < deadline
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGTERM)
+            status, _, answer = pending.result(TIMEOUT)
+        assert status == 200
+        with edgekit.load(model) as m:
+            want = m.run({"x": x})["logits"]
+        np.testing.assert_allclose(np.array(json.loads(answer)["outputs"][0]["data"]).reshape(want.shape), want,
+                                   rtol=1e-6, atol=1e-6)
+        assert proc.wait(TIMEOUT) == 0
+        with pytest.raises(OSError):
+            srv.request("GET", "/v2/health/live")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.stderr.close()

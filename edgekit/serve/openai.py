@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-
 from starlette.responses import StreamingResponse
 
 from edgekit.serve.app import guarded, state_of

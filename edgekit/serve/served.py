@@ -39,7 +39,7 @@ class ServedModel:
 
     def __init__(self, entry: Entry, model: Model, config: ServeConfig, metrics: Metrics) -> None:
         from edgekit.inputs import InputChecker
-        from edgekit.tasks import PIPELINES, NATIVE_VERBS, pipeline_for, task_of
+        from edgekit.tasks import NATIVE_VERBS, PIPELINES, pipeline_for, task_of
 
         self.name, self.entry, self.model = entry.name, entry, model
         self.task = task_of(model)

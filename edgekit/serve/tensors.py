@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from edgekit.errors import InputError
+from edgekit.inputs import check_unicode
 
 HEADER = "Inference-Header-Content-Length"
 # OIP datatype <-> numpy dtype (BYTES is object arrays of bytes)
@@ -124,6 +125,7 @@ def _from_json(name: str, data: Any, dtype: str, shape: list[int]) -> np.ndarray
         flat = _flatten(data)
         if not all(isinstance(x, str) for x in flat):
             raise InputError(f"BYTES input {name!r} holds values that are not strings", fix="send strings")
+        check_unicode(flat)  # a JSON "\\ud800" decodes to a lone surrogate, which UTF-8 cannot encode
         arr = np.empty(len(flat), dtype=object)
         arr[:] = [x.encode("utf-8") for x in flat]
         return _reshape(name, arr, shape)
