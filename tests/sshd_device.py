@@ -81,7 +81,7 @@ def sshd(root: Path, *, chroot: Path | None = None, host_key: Path | None = None
         keygen(user_key)
     (root / "authorized_keys").write_text((root / "user_ed25519.pub").read_text())
     port = free_port()
-    lines = [f"ListenAddress 127.0.0.1", f"Port {port}", f"HostKey {host_key}", f"PidFile {root / 'sshd.pid'}",
+    lines = ["ListenAddress 127.0.0.1", f"Port {port}", f"HostKey {host_key}", f"PidFile {root / 'sshd.pid'}",
              f"AuthorizedKeysFile {root / 'authorized_keys'}", "StrictModes no", "UsePAM no",
              "PasswordAuthentication no", "KbdInteractiveAuthentication no", "PubkeyAuthentication yes",
              "PermitRootLogin prohibit-password", "Subsystem sftp internal-sftp", "LogLevel ERROR",

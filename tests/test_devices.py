@@ -121,6 +121,30 @@ def test_run_outputs_equal_a_local_run(device: Device, cnn_onnx: Path) -> None:
         assert r["logits"].shape == (1, 10)
 
 
+def test_push_resumes_a_broken_upload_and_refuses_a_corrupt_one(device: Device, tmp_path: Path) -> None:
+    from edgekit.devices.push import push
+
+    d = Device(replace(device.spec, workdir=str(tmp_path / "w")))
+    b = bundle(_big_onnx(tmp_path / "r.onnx"))
+    model = b.files[-1]
+    blobs = tmp_path / "w" / "blobs"
+    blobs.mkdir(parents=True)
+    half = model.bytes // 2
+    (blobs / f"{model.sha256}.part").write_bytes(model.local.read_bytes()[:half])  # a link that died halfway
+    report = push(d, b)
+    assert report.sent_bytes == model.bytes - half and report.reused_bytes == half
+    assert d.bench(model.local, runs=3, warmup=1).status == "ok"  # the device checked the hash and placed it
+    assert (blobs / model.sha256).read_bytes() == model.local.read_bytes()
+    # a part with the right size but wrong bytes is refused by its hash, deleted, and sent again next time
+    (blobs / model.sha256).unlink()
+    (blobs / f"{model.sha256}.part").write_bytes(bytes(model.bytes))
+    with pytest.raises(RemoteDeviceError, match="arrived corrupted"):
+        d.agent("place", b.job(d.spec.workdir), timeout=60)
+    assert not (blobs / f"{model.sha256}.part").exists()
+    assert push(d, b).sent_bytes == model.bytes
+    d.close()
+
+
 def test_benchmark_on_a_saved_device(device: Device, cnn_onnx: Path) -> None:
     """edgekit.benchmark(path, on=name) through the inventory in XDG_CONFIG_HOME."""
     path = save_device(device.spec)

@@ -24,8 +24,8 @@ pytest.importorskip("paramiko")
 
 import edgekit  # noqa: E402
 from edgekit.devices import Device, parse_target  # noqa: E402
-from edgekit.devices.setup import plan, setup  # noqa: E402
 from edgekit.devices.parity import device_parity  # noqa: E402
+from edgekit.devices.setup import plan, setup  # noqa: E402
 
 
 @pytest.fixture(scope="module")

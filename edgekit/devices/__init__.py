@@ -9,7 +9,14 @@ paramiko (``pip install 'edgekit[ssh]'``) is imported on first connection, never
 
 from __future__ import annotations
 
-from edgekit.devices.config import DeviceSpec, load_inventory, parse_target, remove_device, resolve, save_device
+from edgekit.devices.config import (
+    DeviceSpec,
+    load_inventory,
+    parse_target,
+    remove_device,
+    resolve,
+    save_device,
+)
 from edgekit.devices.remote import Device, connect
 
 __all__ = ["Device", "DeviceSpec", "connect", "load_inventory", "parse_target", "remove_device",

@@ -41,8 +41,8 @@ class DeviceParity:
 
 def compare_outputs(expected: list[Feed], got: list[Feed], fp32: bool) -> tuple[list[dict[str, Any]], bool]:
     """Per output: max/mean abs error, cosine (mean, worst), top-1 agreement; and whether they agree."""
-    from edgekit.verify import TOLERANCES, _output_parity
     from edgekit.types import Precision
+    from edgekit.verify import TOLERANCES, _output_parity
 
     rows, ok = [], True
     for name in expected[0]:

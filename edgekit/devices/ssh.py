@@ -168,7 +168,7 @@ class SSHLink:
             while True:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise socket.timeout()
+                    raise TimeoutError()
                 select.select([chan], [], [], min(left, 1.0))
                 while chan.recv_ready():
                     out += chan.recv(1 << 16)
@@ -180,7 +180,7 @@ class SSHLink:
             code = chan.recv_exit_status()
             chan.close()
             return Completed(code, bytes(out), bytes(err))
-        except (socket.timeout, TimeoutError):
+        except TimeoutError:
             self.close()
             raise CommandTimeout(self.spec.name, f"no complete answer from {self.where} within {timeout:.0f} s "
                                  f"(running {argv[0]} ...); the connection was closed",
