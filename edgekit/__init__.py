@@ -19,6 +19,7 @@ from edgekit.errors import (
     ConversionError,
     DeviceUnavailableError,
     EdgekitError,
+    EdgekitWarning,
     ExportError,
     GateError,
     InputError,
@@ -64,7 +65,7 @@ __all__ = [
     "convert", "load", "benchmark", "Artifact", "Model", "BenchResult",
     "Recipe", "load_recipe", "GateError", "RecipeError",
     "Format", "Precision", "Device", "Signature", "TensorSpec",
-    "EdgekitError", "ArtifactError", "CalibrationError", "ConfigError", "ConversionError",
+    "EdgekitError", "EdgekitWarning", "ArtifactError", "CalibrationError", "ConfigError", "ConversionError",
     "DeviceUnavailableError", "ExportError", "InputError", "MissingDependencyError",
     "QuantizationError", "RuntimeFailure", "SourceError", "VerificationError",
 ]

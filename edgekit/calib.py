@@ -82,6 +82,34 @@ def _read_texts(path: Path) -> list[str]:
     return texts
 
 
+def check_data_files(*, calib: str | Path | None = None, eval_data: str | Path | None = None) -> None:
+    """Check ``--calib`` and ``--eval`` paths before the (slow) source is loaded or trained: the file
+    exists, is a file, has a suffix edgekit reads, and an ``.npz`` opens (keys listed, not read)."""
+    import zipfile
+
+    for value, option in ((calib, "--calib"), (eval_data, "--eval")):
+        if value is None:
+            continue
+        path = Path(value)
+        if path.is_dir():
+            raise ArtifactError(f"{path} is a directory, not a data file",
+                                fix=f"pass a file to {option}: .npz keyed by input name, or .txt/.jsonl text")
+        if not path.is_file():
+            raise ArtifactError(f"no such data file: {path}", fix=f"check the {option} path")
+        if path.suffix in TEXT_SUFFIXES:
+            continue
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                z.files  # noqa: B018 - reads the zip directory only
+        except (OSError, ValueError, EOFError, TypeError, AttributeError, zipfile.BadZipFile) as e:
+            if path.suffix != ".npz":
+                raise CalibrationError(
+                    f"{path}: edgekit reads .npz, .txt, .jsonl or .json data, not {path.suffix!r}",
+                    fix=f"save {option} data with numpy.savez(path, input_name=array, ...), or as text") from e
+            raise CalibrationError(f"cannot read {path} as an .npz file: {e}",
+                                   fix=f"save {option} data with numpy.savez(path, input_name=array, ...)") from e
+
+
 def validate(arrays: dict[str, np.ndarray], source: ModelSource, origin: str) -> CalibrationSet:
     """Check names, ranks, fixed dims and dtypes against the source's example inputs."""
     expected = source.input_names

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edgekit.calib import check_data_files
 from edgekit.errors import CalibrationError, EdgekitError, VerificationError
 from edgekit.fsutil import publish, sha256_file, staging_dir, write_json_atomic
 from edgekit.manifest import Manifest, Verification, library_versions, manifest_path
@@ -92,6 +93,7 @@ def convert(
     """
     from edgekit.sources import resolve_source
 
+    check_data_files(calib=calib, eval_data=eval_data)  # a typo'd path fails before the model loads
     plan_converters(targets, precisions, options)  # bad targets or options fail before the model loads
     source = resolve_source(model, example_inputs, input_names=input_names, output_names=output_names,
                             dynamic_axes=dynamic_axes, weights=weights, seq_len=seq_len)

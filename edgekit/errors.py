@@ -21,6 +21,11 @@ class EdgekitError(Exception):
         super().__init__(problem if fix is None else f"{problem}\n  fix: {fix}")
 
 
+class EdgekitWarning(UserWarning):
+    """Something edgekit adjusted or cleaned up for the user (a thread count capped, stale staging
+    folders removed); the library warns, the CLI prints it as ``warning: ...``."""
+
+
 class ConfigError(EdgekitError):
     """An option, format, precision or device value that edgekit does not know."""
 

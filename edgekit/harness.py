@@ -210,7 +210,8 @@ def benchmark(path: str | Path, *, device: str = "cpu", runtime: str | None = No
               timeout: float = 600.0, progress: ProgressFn | None = None,
               options: Mapping[str, Any] | None = None,
               task_inputs: Sequence[str] | None = None, on: Any = None) -> BenchResult:
-    """Load and benchmark one artifact; never raises for a bad artifact, returns a failed row.
+    """Load and benchmark one artifact; never raises for a bad artifact, returns a failed row
+    (settings that cannot time anything, such as ``runs=0``, raise :class:`ConfigError`).
 
     ``on`` measures on a device instead (a saved name, ``ssh://user@host``, or a connected
     :class:`edgekit.devices.Device`): the artifact is pushed and the same harness runs there, isolated.
@@ -224,6 +225,10 @@ def benchmark(path: str | Path, *, device: str = "cpu", runtime: str | None = No
     >>> r = edgekit.benchmark("out/digits-cnn-int8.onnx", isolated=True)  # doctest: +SKIP
     >>> r.latency.p50_ms  # doctest: +SKIP
     """
+    from edgekit.values import threads_value, timing_values
+
+    timing_values(warmup=warmup, runs=runs, min_time=min_time, batch=batch)
+    threads = threads_value(threads)
     kwargs = dict(device=device, runtime=runtime, threads=threads, batch=batch, dims=dict(dims or {}),
                   warmup=warmup, runs=runs, min_time=min_time, options=dict(options or {}),
                   task_inputs=list(task_inputs) if task_inputs is not None else None)

@@ -14,10 +14,20 @@ def read_npz(path: Path, *, error: type[EdgekitError] = InputError, option: str 
     """Arrays of an ``.npz`` by key; never unpickles objects. ``error`` is raised for bad content."""
     if not path.is_file():
         raise ArtifactError(f"no such data file: {path}", fix=f"check the {option} path")
+    import zipfile
+
     try:
-        with np.load(path, allow_pickle=False) as z:
+        loaded = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise error(f"cannot read {path} as an .npz file: {e}",
+                    fix="save it with numpy.savez(path, input_name=array, ...)") from e
+    if isinstance(loaded, np.ndarray):  # a bare .npy array: no input name to feed it to
+        raise error(f"{path} holds one bare array, not arrays keyed by input name",
+                    fix="save it with numpy.savez(path, x=array), naming the model input")
+    try:
+        with loaded as z:
             return {k: z[k] for k in z.files}
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise error(f"cannot read {path} as an .npz file: {e}",
                     fix="save it with numpy.savez(path, input_name=array, ...)") from e
 
@@ -27,8 +37,12 @@ def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     import os
     import tempfile
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
+    except OSError as e:
+        raise ArtifactError(f"cannot write {path}: {e.strerror or e}",
+                            fix="choose an --output path in a folder you can write to") from e
     os.close(fd)
     try:
         np.savez(tmp, **arrays)

@@ -7,6 +7,7 @@ and registers itself; callers never see the differences.
 from __future__ import annotations
 
 import json
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -46,6 +47,9 @@ class ArtifactRef:
 
 def resolve_artifact(path: str | Path) -> ArtifactRef:
     """Find the model file, format and manifest for a model file, a manifest or a directory."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise ArtifactError(f"edgekit.load takes a path to an artifact, got {path!r} ({type(path).__name__})",
+                            fix="pass the model file's path as a str or pathlib.Path, e.g. out/model-fp32.onnx")
     p = Path(path).expanduser()
     if not p.exists():
         raise ArtifactError(f"no such file or directory: {p}", fix="check the path to the artifact")
@@ -280,6 +284,7 @@ def load(path: str | Path, device: str | DeviceRequest = "cpu", *, runtime: str 
         runtime = request.runtime
     ref = resolve_artifact(path)
     cls = runtime_for(ref.format, runtime)
-    if threads is not None and threads < 1:
-        raise ConfigError(f"threads must be at least 1, got {threads}", fix="pass threads=1 or more")
+    from edgekit.values import threads_value
+
+    threads = threads_value(threads)
     return cls(ref, device=request, threads=threads, **options)

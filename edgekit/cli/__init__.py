@@ -26,6 +26,12 @@ class EdgekitGroup(click.Group):
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         return super().parse_args(ctx, matrix_alias(args))
 
+    def invoke(self, ctx: click.Context) -> Any:
+        from edgekit.cli._common import show_warnings
+
+        show_warnings()  # before the command's options are parsed: --threads may warn
+        return super().invoke(ctx)
+
 
 def matrix_alias(args: list[str]) -> list[str]:
     """``bench --matrix SRC REST`` (or ``--matrix=SRC``) -> ``matrix SRC REST``; anything else unchanged."""

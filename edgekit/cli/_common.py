@@ -42,6 +42,29 @@ def errors() -> Iterator[None]:
         raise SystemExit(130) from None
 
 
+def show_warnings() -> None:
+    """Print the library's :class:`EdgekitWarning` as ``warning: ...`` on stderr (a capped thread
+    count, removed staging leftovers); other warnings as Python shows them."""
+    import warnings
+
+    from rich.markup import escape
+
+    from edgekit.errors import EdgekitWarning
+
+    original = warnings.showwarning
+    if getattr(original, "edgekit", False):
+        return
+
+    def show(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+        if issubclass(category, EdgekitWarning):
+            err.print(f"[bold yellow]warning:[/] {escape(str(message))}", highlight=False)
+        else:
+            original(message, category, *args, **kwargs)
+
+    show.edgekit = True  # type: ignore[attr-defined]
+    warnings.showwarning = show
+
+
 @contextmanager
 def progress_bar(enabled: bool) -> Iterator[Callable[[str, int, int | None], None] | None]:
     """A rich progress display on stderr; the library reports (task, done, total)."""
@@ -158,20 +181,43 @@ def task_inputs(texts: tuple[str, ...], images: tuple[Path, ...], artifact: Path
     return [str(p.expanduser().resolve()) for p in images] if images else list(texts)
 
 
+def checked(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """Option callback: a timing value the harness cannot use is ``error: --runs must be ...`` (exit 2)
+    before anything runs; ``--threads`` above the CPU count is capped with a warning."""
+    from edgekit import values
+
+    flag = "--" + str(param.name).replace("_", "-")
+    try:
+        if value is None:
+            return value
+        if param.name == "threads":
+            return values.threads_value(value, flag=flag)
+        if param.name == "min_time":
+            values.timing_values(warmup=0, runs=None, min_time=value, batch=1, cli=True)
+            return value
+        return values.whole(str(param.name), value, minimum=0 if param.name == "warmup" else 1, flag=flag)
+    except EdgekitError as e:
+        fail(e)
+
+
 def timing_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """The harness options shared by ``bench`` and ``matrix``: device, threads, inputs, timing, output."""
     options = [
         click.option("--device", default="cpu", show_default=True, help="cpu, gpu, npu, auto, or runtime:BACKEND."),
         click.option("--runtime", help="Force a runtime (default: the first installed one for the format)."),
-        click.option("--threads", type=int, help="Intra-op threads (default: the runtime's choice)."),
-        click.option("--batch", default=1, show_default=True, help="Batch size of synthesized inputs."),
+        click.option("--threads", type=int, callback=checked, help="Intra-op threads (default: the runtime's "
+                     "choice; capped at the CPUs this process may use)."),
+        click.option("--batch", default=1, show_default=True, callback=checked,
+                     help="Batch size of synthesized inputs."),
         click.option("--dim", "dims", multiple=True, metavar="NAME=SIZE",
                      help="Size of a named dynamic axis, e.g. --dim sequence=128 (default: the example's)."),
         click.option("--input", "input_path", type=click.Path(path_type=Path),
                      help="Inputs (.npz) instead of synthesized ones."),
-        click.option("--warmup", default=10, show_default=True, help="Untimed calls before measuring."),
-        click.option("--runs", type=int, help="Timed calls (default: as many as fit in --min-time, at least 10)."),
-        click.option("--min-time", default=2.0, show_default=True,
+        click.option("--warmup", default=10, show_default=True, callback=checked,
+                     help="Untimed calls before measuring."),
+        click.option("--runs", type=int, callback=checked,
+                     help="Timed calls (default: as many as fit in --min-time, at least 10)."),
+        click.option("--min-time", default=2.0, show_default=True, callback=checked,
                      help="Seconds of timed calls when --runs is not given."),
         click.option("--isolated/--in-process", default=True, show_default=True,
                      help="Measure each artifact in a fresh process (real cold start; a crash is a failed row)."),

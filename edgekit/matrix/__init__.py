@@ -80,10 +80,14 @@ def matrix(
     >>> res.path  # doctest: +SKIP
     PosixPath('edgekit-matrix/matrix.json')
     """
-    from edgekit.calib import load_calibration, load_eval
+    from edgekit.calib import check_data_files, load_calibration, load_eval
     from edgekit.sources import resolve_source
 
     settings = bench or BenchSettings()
+    from edgekit.deps import require
+
+    require("torch", "convert", "the conversion matrix")  # a runtime-only install has nothing to convert with
+    check_data_files(calib=calib, eval_data=eval_data)  # before the source loads
     out_dir = Path(out)
     src = resolve_source(source, example_inputs, input_names=input_names, output_names=output_names,
                          dynamic_axes=dynamic_axes, weights=weights, seq_len=seq_len)

@@ -365,12 +365,13 @@ def run_recipe(
     the stage report. ``targets``/``precisions`` given here override the recipe's; ``options`` are
     merged over ``quantize.options``. Raises :class:`GateError` when a stage exceeds its allowed drop
     (after trying milder settings with ``on_fail: step-back``)."""
-    from edgekit.calib import EvalSet, load_calibration
+    from edgekit.calib import EvalSet, check_data_files, load_calibration
     from edgekit.evaluate import EvalData, get_evaluator
     from edgekit.optimize.distill import module_names
     from edgekit.sources import resolve_source
 
     recipe = load_recipe(recipe)
+    check_data_files(calib=calib, eval_data=eval_data)  # before the model loads or trains
     conversion = _conversion(recipe, targets, precisions, options)  # checked before the model loads or trains
     source = resolve_source(model, example_inputs, input_names=input_names, output_names=output_names,
                             dynamic_axes=dynamic_axes, weights=weights, seq_len=seq_len)

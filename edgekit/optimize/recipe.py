@@ -30,6 +30,8 @@ PRUNE_TARGETS = ("channels", "ffn", "heads", "layers")
 IMPORTANCE = ("magnitude", "taylor")
 SCOPES = ("global", "layer")
 SOFT_LOSSES = ("kl", "mse")
+MAX_NODES = 20_000  # values in the expanded recipe: a real one has well under 1,000; YAML aliases can
+# expand a 1 kB file to billions (an "alias bomb"), which loads in a blink and hangs whoever walks it
 
 S = TypeVar("S", bound="_Section")
 
@@ -327,6 +329,7 @@ def load_recipe(source: str | Path | Mapping[str, Any] | Recipe) -> Recipe:
         text, origin, is_json = path.read_text(encoding="utf-8"), path.name, path.suffix.lower() == ".json"
     try:
         raw = _parse(text, origin or "the recipe text", is_json)
+        _check_size(raw, origin or "the recipe text")
         return Recipe.from_dict(raw)
     except RecipeError as e:
         if origin is None or e.origin:
@@ -352,6 +355,24 @@ def _parse(text: str, origin: str, is_json: bool) -> Any:
         problem = getattr(e, "problem", None) or str(e)
         raise RecipeError("", f"{origin} is not valid YAML{where}: {problem}",
                           fix="check the indentation and the 'key: value' syntax at that position") from None
+
+
+def _check_size(raw: Any, origin: str) -> None:
+    """Refuse a document whose expanded tree holds more than ``MAX_NODES`` values; the walk stops
+    at the limit, so it costs at most that many steps whatever the aliases would expand to."""
+    stack, seen = [raw], 0
+    while stack:
+        node = stack.pop()
+        seen += 1
+        if seen > MAX_NODES:
+            raise RecipeError("", f"{origin} expands to more than {MAX_NODES:,} values (YAML aliases "
+                              "repeated inside each other?)",
+                              fix="write the values out; a recipe needs no anchors or aliases")
+        if isinstance(node, Mapping):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, (list, tuple)):
+            stack.extend(node)
 
 
 def dump_recipe(recipe: Recipe, *, fmt: str = "yaml") -> str:
