@@ -13,6 +13,16 @@ from pathlib import Path
 from typing import Any
 
 
+def cache_root() -> Path:
+    """The user's edgekit cache: ``$EDGEKIT_CACHE_DIR``, else ``$XDG_CACHE_HOME/edgekit``, else
+    ``~/.cache/edgekit`` (probe markers, known sha256 sums)."""
+    root = os.environ.get("EDGEKIT_CACHE_DIR")
+    if root:
+        return Path(root).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "edgekit"
+
+
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

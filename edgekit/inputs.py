@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -49,6 +49,19 @@ class InputChecker:
                 ([f"unknown input(s) {unknown}"] if unknown else [])
         expected = "; ".join(s.describe() for s in self.signature.inputs)
         raise InputError(" and ".join(parts), fix=f"the model takes: {expected}")
+
+
+def check_unicode(texts: Sequence[str]) -> None:
+    """Refuse text that is not valid Unicode (a lone surrogate, e.g. from a JSON ``"\\ud800"`` or a
+    badly decoded file): tokenizers raise a bare TypeError on it, and UTF-8 cannot encode it."""
+    for i, text in enumerate(texts):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise InputError(f"text item {i} is not valid Unicode: a lone surrogate U+{ord(text[e.start]):04X} "
+                             f"at character {e.start}",
+                             fix="decode the text correctly (e.g. bytes.decode('utf-8')) or drop the "
+                             "surrogate: text.encode('utf-8', 'replace').decode()") from None
 
 
 def _as_array(name: str, value: Any, spec: TensorSpec) -> np.ndarray:

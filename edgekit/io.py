@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.errors import ArtifactError, EdgekitError, InputError
+from edgekit.errors import ArtifactError, ConfigError, EdgekitError, InputError
 
 
 def read_npz(path: Path, *, error: type[EdgekitError] = InputError, option: str = "--input"
@@ -37,6 +37,11 @@ def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     import os
     import tempfile
 
+    other = [name for name, value in arrays.items() if not isinstance(value, np.ndarray)]
+    if other:
+        kinds = ", ".join(f"{n!r} ({type(arrays[n]).__name__})" for n in other)
+        raise ConfigError(f"output(s) {kinds} are not arrays (ONNX sequence or map outputs) and cannot be saved "
+                          "to an .npz", fix="print them with --json instead of --output")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)

@@ -103,34 +103,51 @@ class Manifest:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Manifest:
+    def from_dict(cls, d: dict[str, Any], origin: str = "beside the artifact") -> Manifest:
+        """Build from a manifest's JSON; ``origin`` (its file name) goes into the errors.
+
+        Every key is checked first (:mod:`edgekit.manifest_check`): a corrupt or hostile manifest is
+        an :class:`ArtifactError`, never a ``KeyError`` or a read outside the artifact's folder."""
+        from edgekit.errors import ConfigError
+        from edgekit.manifest_check import FIX, check_manifest
+
+        if not isinstance(d, dict):
+            check_manifest(d, origin)  # names what it holds instead
         schema = d.get("schema", "")
         if not str(schema).startswith("edgekit.manifest/"):
-            raise ArtifactError(f"not an edgekit manifest (schema {schema!r})")
+            raise ArtifactError(f"{origin} is not an edgekit manifest (schema {schema!r})", fix=FIX)
         if schema != SCHEMA:
             raise ArtifactError(
                 f"manifest schema {schema!r} is not supported by this edgekit (reads {SCHEMA})",
                 fix="upgrade edgekit: pip install -U edgekit",
             )
+        check_manifest(d, origin)
+        try:
+            fmt, precision = Format.parse(d["format"]), Precision.parse(d["precision"])
+        except ConfigError as e:
+            raise ArtifactError(f"the manifest {origin} names an {e.problem}", fix=FIX) from e
         ver = d.get("verification")
-        return cls(
-            artifact=d["artifact"],
-            format=Format.parse(d["format"]),
-            precision=Precision.parse(d["precision"]),
-            signature=Signature.from_dict(d["signature"]),
-            task=d.get("task"),
-            files=list(d.get("files", [])),
-            size_bytes=int(d.get("size_bytes", 0)),
-            source=dict(d.get("source", {})),
-            options=dict(d.get("options", {})),
-            conversion=dict(d.get("conversion", {})),
-            versions=dict(d.get("versions", {})),
-            verification=Verification.from_dict(ver) if ver else None,
-            preprocess=dict(d.get("preprocess", {})),
-            runtime_hints=dict(d.get("runtime_hints", {})),
-            recipe=d.get("recipe"),
-            created=d.get("created", ""),
-        )
+        try:
+            return cls(
+                artifact=d["artifact"],
+                format=fmt,
+                precision=precision,
+                signature=Signature.from_dict(d["signature"]),
+                task=d.get("task"),
+                files=list(d.get("files", [])),
+                size_bytes=int(d.get("size_bytes", 0)),
+                source=dict(d.get("source", {})),
+                options=dict(d.get("options", {})),
+                conversion=dict(d.get("conversion", {})),
+                versions=dict(d.get("versions", {})),
+                verification=Verification.from_dict(ver) if ver else None,
+                preprocess=dict(d.get("preprocess", {})),
+                runtime_hints=dict(d.get("runtime_hints", {})),
+                recipe=d.get("recipe"),
+                created=d.get("created", ""),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as e:  # deeper fields (verification)
+            raise ArtifactError(f"the manifest {origin} is malformed: {type(e).__name__}: {e}", fix=FIX) from e
 
 
 def manifest_path(model_path: Path) -> Path:
@@ -143,14 +160,19 @@ def read_manifest(model_path: Path) -> Manifest | None:
     path = manifest_path(model_path)
     if not path.is_file():
         return None
+    return load_manifest(path)
+
+
+def load_manifest(path: Path) -> Manifest:
+    """Read and check one manifest file; anything wrong with it is an :class:`ArtifactError`."""
     try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise ArtifactError(
             f"the manifest {path} is unreadable: {e}",
             fix="re-run `edgekit convert`, or delete the manifest to load the bare model",
         ) from e
-    return Manifest.from_dict(data)
+    return Manifest.from_dict(data, path.name)
 
 
 def library_versions(*distributions: str) -> dict[str, str | None]:

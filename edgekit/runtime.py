@@ -6,8 +6,8 @@ and registers itself; callers never see the differences.
 
 from __future__ import annotations
 
-import json
 import os
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,7 +18,8 @@ import numpy as np
 
 from edgekit.errors import ArtifactError, ConfigError, DeviceUnavailableError, MissingDependencyError
 from edgekit.inputs import InputChecker
-from edgekit.manifest import SUFFIX, Manifest, read_manifest
+from edgekit.integrity import check_integrity
+from edgekit.manifest import SUFFIX, Manifest, load_manifest, read_manifest
 from edgekit.types import Device, DeviceRequest, Format, ProgressFn, Signature
 
 if TYPE_CHECKING:
@@ -61,7 +62,7 @@ def resolve_artifact(path: str | Path) -> ArtifactRef:
                                 fix="pass the model file itself, e.g. out/model-fp32.onnx")
         p = manifests[0]
     if p.name.endswith(SUFFIX):
-        data = Manifest.from_dict(json.loads(p.read_text()))
+        data = load_manifest(p)
         p = p.with_name(data.artifact)
         if not p.exists():
             raise ArtifactError(f"the manifest names {p.name}, which is missing",
@@ -87,6 +88,9 @@ class Model(ABC):
     formats: ClassVar[tuple[Format, ...]]
     module: ClassVar[str]  # the Python module this backend needs
     extra: ClassVar[str]  # the pip extra that installs it
+    # True when ``_run`` may be called from several threads at once (the native session is
+    # thread-safe, or the backend locks what is not); otherwise ``run`` calls take turns
+    concurrent: ClassVar[bool] = False
 
     def __init__(self, ref: ArtifactRef, *, device: DeviceRequest | str = "cpu", threads: int | None = None,
                  **options: Any) -> None:
@@ -103,6 +107,7 @@ class Model(ABC):
         self.threads = threads
         self.options = options
         self._closed = False
+        self._turns = None if self.concurrent else threading.Lock()
         native = self._open()
         self._signature = _merge_signature(native, self.manifest)
         self._check = InputChecker(self._signature)
@@ -145,7 +150,11 @@ class Model(ABC):
             raise ConfigError(f"{self.path.name} was closed", fix="load it again with edgekit.load()")
         feed = dict(inputs) if inputs is not None else {}
         feed.update(named)
-        return self._run(self._check(feed))
+        checked = self._check(feed)
+        if self._turns is None:
+            return self._run(checked)
+        with self._turns:
+            return self._run(checked)
 
     __call__ = run
 
@@ -224,14 +233,21 @@ class Model(ABC):
 
 
 def _merge_signature(native: Signature, manifest: Manifest | None) -> Signature:
-    """The runtime's signature, enriched with the manifest's example shapes and value ranges."""
+    """The runtime's signature, enriched with the manifest's example shapes and value ranges.
+
+    Where the runtime sees a dynamic axis but the manifest records a fixed size (an OpenVINO IR
+    whose file leaves every axis dynamic), the manifest's size is the one inputs are checked against."""
     if manifest is None:
         return native
     recorded = {s.name: s for s in manifest.signature.inputs}
     inputs = []
     for spec in native.inputs:
         rec = recorded.get(spec.name)
-        inputs.append(type(spec)(spec.name, spec.dtype, spec.shape,
+        shape = spec.shape
+        if rec is not None and len(rec.shape) == len(shape):
+            shape = tuple(r if isinstance(d, str) and (isinstance(r, int) or d == "?") else d
+                          for d, r in zip(shape, rec.shape))
+        inputs.append(type(spec)(spec.name, spec.dtype, shape,
                                  rec.example_shape if rec else None, rec.value_range if rec else None))
     return Signature(tuple(inputs), native.outputs)
 
@@ -268,10 +284,14 @@ def runtime_for(fmt: Format, runtime: str | None = None) -> type[Model]:
 
 
 def load(path: str | Path, device: str | DeviceRequest = "cpu", *, runtime: str | None = None,
-         threads: int | None = None, **options: Any) -> Model:
+         threads: int | None = None, verify: bool = True, **options: Any) -> Model:
     """Load an artifact for inference on ``device``: cpu, gpu, npu, auto, or ``RUNTIME:NAME`` with a
     runtime's own device name (``openvino:GPU.1``), which also picks that runtime (see
     :class:`~edgekit.types.DeviceRequest`).
+
+    With a manifest beside the model, every file it lists is checked against the recorded size and
+    sha256 first (hashed once per file identity, see :func:`check_integrity`); ``verify=False``
+    skips that and runs the files as they are.
 
     >>> m = edgekit.load("out/digits-cnn-fp32.onnx", device="cpu", threads=2)  # doctest: +SKIP
     >>> m.run({"pixels": x})["logits"].shape  # doctest: +SKIP
@@ -284,6 +304,8 @@ def load(path: str | Path, device: str | DeviceRequest = "cpu", *, runtime: str 
         runtime = request.runtime
     ref = resolve_artifact(path)
     cls = runtime_for(ref.format, runtime)
+    if verify and ref.manifest is not None:
+        check_integrity(ref.path, ref.manifest)
     from edgekit.values import threads_value
 
     threads = threads_value(threads)

@@ -35,6 +35,7 @@ class OrtModel(Model):
     formats = (Format.ONNX,)
     module = "onnxruntime"
     extra = "onnxruntime"
+    concurrent = True  # InferenceSession.run is thread-safe
 
     @classmethod
     def devices(cls) -> dict[Device, list[str]]:

@@ -33,6 +33,9 @@ from edgekit.types import Device, Dim, Format, Signature, TensorSpec
 
 # rt_info key under which edgekit's converter keeps the names of dynamic axes (IR has no dim names)
 AXES_KEY = ["edgekit", "dynamic_axes"]
+# rt_info key of the inference precision the IR was verified with (OpenVINO's own section for
+# runtime options), so a bare .xml without its manifest keeps it
+HINT_KEY = ["runtime_options", "INFERENCE_PRECISION_HINT"]
 # edgekit device -> OpenVINO plugin whose devices ("GPU.0", "GPU.1") serve it
 PLUGINS: dict[Device, str] = {Device.CPU: "CPU", Device.GPU: "GPU", Device.NPU: "NPU"}
 # what "auto" lets OpenVINO's AUTO plugin choose from, best first; NPU is left out because it
@@ -125,6 +128,7 @@ class OpenVinoModel(Model):
     formats = (Format.OPENVINO, Format.ONNX, Format.TFLITE)
     module = "openvino"
     extra = "openvino"
+    concurrent = True  # _run takes its own lock around the one infer request
 
     @classmethod
     def devices(cls) -> dict[Device, list[str]]:
@@ -165,7 +169,6 @@ class OpenVinoModel(Model):
         """Read the model file with clear errors for the usual ways an IR pair goes wrong."""
         core = _core()
         path = self.path
-        self._check_sizes()
         if path.suffix.lower() == IR_SUFFIX:
             with open(path, "rb") as f:
                 head = f.read(256).lstrip()
@@ -183,20 +186,6 @@ class OpenVinoModel(Model):
             raise ArtifactError(f"openvino cannot read {path.name}: {_first_line(e)}",
                                 fix="the file may be truncated or corrupt: re-run `edgekit convert` or "
                                 "copy the model (with its .bin or .data file) again") from e
-
-    def _check_sizes(self) -> None:
-        """Companion files the manifest lists must have the recorded size (a cheap corruption check)."""
-        if self.manifest is None:
-            return
-        for entry in self.manifest.files:
-            rel = str(entry.get("path", ""))
-            if "/" in rel or not entry.get("bytes"):
-                continue  # assets live in a sub-directory and are not needed to run
-            f = self.path.parent / rel
-            if f.is_file() and f.stat().st_size != int(entry["bytes"]):
-                raise ArtifactError(f"{f.name} is {f.stat().st_size} bytes, its manifest records "
-                                    f"{entry['bytes']}: the file is truncated or was replaced",
-                                    fix="copy the artifact and all its files again, or re-run `edgekit convert`")
 
     def _static_shapes(self, model: Any, opts: OpenVinoRunOptions, target: str
                        ) -> tuple[dict[str, tuple[int, ...]] | None, str | None]:
@@ -238,7 +227,7 @@ class OpenVinoModel(Model):
             raise ConfigError(f"{self.path.name} cannot take the static shapes {shapes}: {_first_line(e)}",
                               fix="give shapes the model accepts (fixed axes keep their sizes)") from e
 
-    def _hint(self, opts: OpenVinoRunOptions) -> tuple[str | None, str]:
+    def _hint(self, opts: OpenVinoRunOptions, model: Any) -> tuple[str | None, str]:
         if opts.precision_hint:
             return opts.precision_hint, "precision_hint option"
         recorded = (self.manifest.runtime_hints.get("precision_hint") if self.manifest else None)
@@ -246,6 +235,13 @@ class OpenVinoModel(Model):
             hint = PRECISION_HINTS.get(str(recorded).lower())
             if hint:
                 return hint, "manifest runtime_hints (what verification ran with)"
+        try:
+            inside = model.get_rt_info(HINT_KEY).astype(str) if model.has_rt_info(HINT_KEY) else None
+        except (RuntimeError, ValueError, TypeError):
+            inside = None
+        hint = PRECISION_HINTS.get(str(inside).strip().lower()) if inside else None
+        if hint:
+            return hint, "the IR's rt_info (runtime_options)"
         return None, "openvino default for the device"
 
     def _config(self, target: str, opts: OpenVinoRunOptions, hint: str | None) -> dict[str, Any]:
@@ -282,7 +278,7 @@ class OpenVinoModel(Model):
         shapes, why = self._static_shapes(model, opts, target)
         if shapes:
             self._reshape(model, shapes)
-        hint, source = self._hint(opts)
+        hint, source = self._hint(opts, model)
         config = self._config(target, opts, hint)
         try:
             compiled = _core().compile_model(model, target, config)

@@ -438,3 +438,205 @@ def test_in_process_benchmark_of_missing_or_garbage_artifact_is_a_failed_row(
     assert row.status == "failed" and row.reason == f"no such file or directory: {tmp_path / 'gone.onnx'}"
     row = edgekit.benchmark(broken["garbage"], warmup=1, runs=3)
     assert row.status == "failed" and row.reason.startswith("onnxruntime cannot load garbage.onnx")
+
+
+# ============================================================================================
+# Runtime and artifact half of issue 12 (manifests, images, text, GGUF): every row is a bad input
+# a user can hand edgekit; each must end in one EdgekitError naming the problem and the fix.
+# ============================================================================================
+import struct  # noqa: E402
+import zlib  # noqa: E402
+
+from edgekit.errors import EdgekitError  # noqa: E402
+from edgekit.limits import MAX_IMAGE_PIXELS  # noqa: E402
+
+
+def _manifest_dict(fp32: Path) -> dict:
+    return json.loads((fp32.parent / (fp32.name + ".edgekit.json")).read_text())
+
+
+def _set(path: str, value):
+    """A row's edit: set ``a.b.0.c`` in the manifest dict (``...`` deletes the key)."""
+    def edit(d: dict, where: Path) -> None:
+        *parents, last = path.split(".")
+        node = d
+        for key in parents:
+            node = node[int(key)] if isinstance(node, list) else node.setdefault(key, {})
+        v = value(where) if callable(value) else value
+        if v is ...:
+            del node[int(last) if isinstance(node, list) else last]
+        elif isinstance(node, list):
+            node[int(last)] = v
+        else:
+            node[last] = v
+    return edit
+
+
+MANIFEST_CASES = [  # (id, edit, how it is loaded, words the problem must hold)
+    ("not-json", '{"schema": "edgekit.manifest/1", ', "model", "is unreadable"),
+    ("not-json-by-manifest", '{"schema": ', "manifest", "is unreadable"),
+    ("not-an-object", "[1, 2, 3]", "model", "is not a JSON object"),
+    ("no-artifact", _set("artifact", ...), "manifest", "has no 'artifact'"),
+    ("no-signature", _set("signature", ...), "model", "has no 'signature'"),
+    ("no-format", _set("format", ...), "model", "has no 'format'"),
+    ("unknown-format", _set("format", "tensorrt"), "model", "unknown format 'tensorrt'"),
+    ("signature-a-string", _set("signature", "x: float32[4]"), "model", "'signature' should be an object, not str"),
+    ("input-without-dtype", _set("signature.inputs.0.dtype", ...), "model", "'signature.inputs.0' has no 'dtype'"),
+    ("shape-a-number", _set("signature.inputs.0.shape", 4), "model", "'signature.inputs.0.shape' should be a list, not int"),
+    ("files-an-object", _set("files", {"path": "x"}), "model", "'files' should be a list of objects, not dict"),
+    ("size-a-word", _set("size_bytes", "big"), "model", "'size_bytes' should be a number of bytes, not str"),
+    ("verification-a-string", _set("verification", "passed"), "model", "'verification' should be an object or null, not str"),
+    ("artifact-in-parent", _set("artifact", "../outside.onnx"), "manifest", "outside the artifact's folder"),
+    ("artifact-absolute", _set("artifact", lambda w: str(w.parent / "outside.onnx")), "folder",
+     "outside the artifact's folder"),
+    ("file-in-parent", _set("files.0.path", "../outside.onnx"), "model", "outside the artifact's folder"),
+    ("assets-absolute", _set("preprocess.assets_dir", "/etc"), "model", "outside the artifact's folder"),
+    ("image-30000x30000", _set("preprocess.image", {"size": [30000, 30000], "channels": 3}), "model",
+     "30000x30000"),
+    ("example-shape-huge", _set("signature.inputs.0.example_shape", [1, 4_000_000_000]), "model",
+     "example_shape"),
+]
+
+
+@pytest.mark.parametrize("edit,how,words", [c[1:] for c in MANIFEST_CASES], ids=[c[0] for c in MANIFEST_CASES])
+def test_corrupt_or_hostile_manifest_is_an_artifact_error(fp32: Path, tmp_path: Path, edit, how: str,
+                                                          words: str) -> None:
+    folder = tmp_path / "art"
+    folder.mkdir()
+    model = folder / fp32.name
+    shutil.copy(fp32, model)
+    outside = tmp_path / "outside.onnx"  # a readable model outside the folder: must not be used
+    shutil.copy(fp32, outside)
+    mpath = folder / (fp32.name + ".edgekit.json")
+    if isinstance(edit, str):
+        mpath.write_text(edit)
+    else:
+        data = _manifest_dict(fp32)
+        edit(data, folder)
+        mpath.write_text(json.dumps(data))
+    target = {"model": model, "manifest": mpath, "folder": folder}[how]
+    with pytest.raises(ArtifactError) as info:
+        edgekit.load(target)
+    assert words in info.value.problem, info.value.problem
+    assert info.value.fix
+    proc = subprocess.run([str(EDGEKIT), "inspect", str(target)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr, proc.stderr
+
+
+# -- images: decompression bombs and sizes past an explicit pixel limit ----------------------------
+def _png_header(path: Path, width: int, height: int) -> Path:
+    """A PNG that declares ``width`` x ``height`` grey pixels and holds a few bytes of data: what a
+    decompression bomb looks like to a reader before it inflates anything."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.fixture(scope="module")
+def image_clf(cnn: nn.Module, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    (art,) = edgekit.convert(cnn, (torch.randn(2, 3, 16, 16),), targets=["onnx"], precisions=["fp32"],
+                             out=tmp_path_factory.mktemp("img"), name="img", output_names=["logits"],
+                             preprocess={"id2label": [f"c{i}" for i in range(10)],
+                                         "image": {"size": [16, 16], "channels": 3}})
+    return art.path
+
+
+@pytest.mark.parametrize("width,height", [(30000, 30000), (9000, 9000)], ids=["bomb", "over-limit"])
+def test_huge_images_are_refused_with_the_pixel_limit(image_clf: Path, tmp_path: Path, width: int,
+                                                      height: int) -> None:
+    assert 9000 * 9000 > MAX_IMAGE_PIXELS  # (the second row is under Pillow's own bomb threshold)
+    png = _png_header(tmp_path / "big.png", width, height)
+    with edgekit.load(image_clf) as m, pytest.raises(InputError) as info:
+        m.classify(png)
+    assert info.value.problem.startswith(f"{png} is ")  # (WxH is known only below Pillow's own limit)
+    assert info.value.problem.endswith(f"{width * height:,} pixels, more than edgekit's limit of "
+                                       f"{MAX_IMAGE_PIXELS:,}")
+    assert "resize" in info.value.fix
+    proc = subprocess.run([str(EDGEKIT), "run", str(image_clf), "--image", str(png)], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 1 and "more than edgekit's limit" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# -- text: a lone surrogate is not text a tokenizer can take --------------------------------------
+from tests.test_tasks import clf_dir  # noqa: E402,F401 - the tiny BERT classifier directory fixture
+
+
+@pytest.fixture(scope="module")
+def text_clf(clf_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: F811
+    (art,) = edgekit.convert(clf_dir, targets=["onnx"], precisions=["fp32"], out=tmp_path_factory.mktemp("txt"))
+    return art.path
+
+
+@pytest.mark.parametrize("texts,where", [("bad \ud800 text", "item 0"), (["fine", "x\udfff"], "item 1")],
+                         ids=["one", "second-of-two"])
+def test_lone_surrogate_is_an_input_error(text_clf: Path, texts, where: str) -> None:
+    with edgekit.load(text_clf) as m:
+        with pytest.raises(InputError) as info:
+            m.classify(texts)
+        assert info.value.problem.startswith(f"text {where} is not valid Unicode: a lone surrogate")
+        assert m.classify("fine")[0]["label"]  # the model still works
+
+
+def test_lone_surrogate_over_http_is_a_400(text_clf: Path) -> None:
+    pytest.importorskip("starlette")
+    pytest.importorskip("tritonclient.http")
+    from tests.test_serve import ThreadServer
+
+    server = ThreadServer([text_clf])
+    try:
+        # json.dumps escapes the surrogate as \\ud800: valid JSON that decodes to a lone surrogate
+        status, _, body = server.post_json(f"/v2/models/{text_clf.stem}/infer", {"inputs": [
+            {"name": "text", "shape": [1], "datatype": "BYTES", "data": ["a \ud800 b"]}]})
+    finally:
+        server.stop()
+    assert status == 400, body
+    assert "lone surrogate" in json.dumps(body)
+
+
+# -- GGUF: prompts past the context, max_tokens that cannot be right ------------------------------
+@pytest.fixture(scope="module")
+def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pytest.importorskip("llama_cpp")
+    pytest.importorskip("gguf")
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tests.test_gguf import _save
+    from tests.test_gguf import _tokenizer as bpe_tokenizer
+
+    tmp = tmp_path_factory.mktemp("gguf")
+    (tmp / "tok").mkdir()
+    bpe_tokenizer(tmp / "tok")
+    cfg = LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128,
+                      bos_token_id=1, eos_token_id=2, pad_token_id=2, architectures=["LlamaForCausalLM"])
+    src = _save(LlamaForCausalLM(cfg), tmp / "llama", tmp / "tok")
+    (art,) = edgekit.convert(src, targets=["gguf"], precisions=["f16"], out=tmp / "out", name="lm")
+    return art.path
+
+
+GGUF_CASES = [
+    ("generate", {"prompt": "the river " * 100}, InputError, "tokens, more than the context of 64"),
+    ("chat", {"messages": [{"role": "user", "content": "the river " * 100}]}, InputError,
+     "tokens, more than the context of 64"),
+    ("generate", {"prompt": "the river", "max_tokens": 0}, ConfigError, "max_tokens must be at least 1, got 0"),
+    ("generate", {"prompt": "the river", "max_tokens": -5}, ConfigError, "max_tokens must be at least 1, got -5"),
+    ("chat", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}, ConfigError,
+     "max_tokens must be at least 1, got 0"),
+]
+
+
+@pytest.mark.parametrize("method,kwargs,error,words", GGUF_CASES,
+                         ids=["long-prompt", "long-chat", "zero-tokens", "negative-tokens", "chat-zero"])
+def test_gguf_prompt_and_max_tokens_are_checked(tiny_gguf: Path, method: str, kwargs: dict, error: type,
+                                                words: str) -> None:
+    with edgekit.load(tiny_gguf, n_ctx=64) as m:
+        with pytest.raises(error) as info:
+            out = getattr(m, method)(**kwargs, temperature=0.0)
+            list(out) if not isinstance(out, str) else None
+        assert words in info.value.problem, info.value.problem
+        assert isinstance(info.value, EdgekitError) and info.value.fix
+        assert m.generate("the river", max_tokens=3, temperature=0.0) is not None  # still usable

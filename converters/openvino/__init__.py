@@ -162,6 +162,7 @@ class OpenVinoConverter(Converter):
         for port, name in zip(model.outputs, src.output_names):
             port.get_tensor().set_names({name})
         graph.set_axis_names(model, src.dynamic_axes)
+        graph.fix_static_axes(model, src.example_inputs, src.dynamic_axes)
         xml = ctx.workdir / "base.xml"
         ov.save_model(model, str(xml), compress_to_fp16=False)
         transformer, reason = _model_type(ctx)
@@ -184,6 +185,8 @@ class OpenVinoConverter(Converter):
             with quiet():
                 model, route, details = BUILDERS[precision](self, base, ctx)
                 graph.set_axis_names(model, ctx.source.dynamic_axes)
+                graph.set_precision_hint(model, None if opts.runtime_precision_hint == "default"
+                                         else opts.runtime_precision_hint)
                 ov.save_model(model, str(out), compress_to_fp16=bool(details.get("compress_to_fp16")))
         except (CalibrationError, QuantizationError, ConfigError):
             raise

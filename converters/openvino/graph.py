@@ -10,7 +10,7 @@ import json
 from collections import Counter
 from typing import Any
 
-from edgekit.runtimes.openvino import AXES_KEY
+from edgekit.runtimes.openvino import AXES_KEY, HINT_KEY
 
 # operations that carry weights and that NNCF quantizes (activations via FakeQuantize, weights to int8)
 COMPUTE_OPS = frozenset({"Convolution", "GroupConvolution", "ConvolutionBackpropData",
@@ -92,6 +92,39 @@ def set_axis_names(model: Any, axes: dict[str, dict[int, str]]) -> None:
     """Record ``{input: {axis: name}}`` in the model's rt_info, saved with the IR (OpenVINO has
     no dimension names; the runtime reads them back to name the signature's dynamic axes)."""
     model.set_rt_info(json.dumps({k: {str(a): n for a, n in v.items()} for k, v in axes.items()}), AXES_KEY)
+
+
+def fix_static_axes(model: Any, examples: dict[str, Any], axes: dict[str, dict[int, str]]) -> None:
+    """Give each input axis that is not a declared dynamic axis its example size in the IR itself.
+
+    ``convert_model`` of an ExportedProgram leaves every axis dynamic (``[?, ?]``), so the IR would
+    take a 1x1x16x16 image meant to be 1x1x8x8 and silently reshape it into 4 rows. A model that
+    cannot be reshaped is left as it is: the runtime still checks inputs against the manifest."""
+    import openvino as ov
+
+    shapes = {}
+    for port in model.inputs:
+        name, example = port.get_any_name(), examples.get(port.get_any_name())
+        pshape = port.get_partial_shape()
+        if example is None or pshape.rank.is_dynamic or pshape.rank.get_length() != len(example.shape):
+            continue
+        dynamic = axes.get(name, {})
+        want = [-1 if i in dynamic else int(n) for i, n in enumerate(example.shape)]
+        if any(d.is_dynamic and w >= 0 for d, w in zip(pshape, want)):
+            shapes[port] = ov.PartialShape(want)
+    if shapes:
+        try:
+            model.reshape(shapes)
+        except RuntimeError:
+            pass
+
+
+def set_precision_hint(model: Any, hint: str | None) -> None:
+    """Record the inference precision the IR was verified with in its rt_info
+    (``runtime_options/INFERENCE_PRECISION_HINT``), so a bare ``.xml`` copied without its manifest
+    runs in that precision under edgekit too (a bf16-capable CPU otherwise picks bf16)."""
+    if hint:
+        model.set_rt_info(hint, HINT_KEY)
 
 
 def module_paths(program: Any) -> dict[str, str]:

@@ -93,6 +93,10 @@ def run(artifact: Path, input_path: Path | None, output_path: Path | None, devic
             write_npz(output_path, result)
         summary = {}
         for name, value in result.items():
+            if not isinstance(value, np.ndarray):  # an ONNX sequence or map output: a list or dict
+                summary[name] = {"type": type(value).__name__, "length": len(value),
+                                 "values": value[:16] if isinstance(value, list) else value}
+                continue
             entry: dict[str, Any] = {"shape": list(value.shape), "dtype": str(value.dtype)}
             if value.size <= 64:
                 entry["values"] = value.tolist()
@@ -109,6 +113,10 @@ def run(artifact: Path, input_path: Path | None, output_path: Path | None, devic
         if input_path is None:
             err.print("[dim]no --input: ran on inputs synthesized from the signature[/]")
         for name, entry in summary.items():
+            if "type" in entry:
+                console.print(f"{name} {entry['type']} of {entry['length']}: {entry['values']}",
+                              highlight=False, markup=False)
+                continue
             console.print(f"[bold]{name}[/] {entry['dtype']}{entry['shape']}")
             if "labels" in entry or "argmax" in entry:
                 console.print(f"  argmax: {entry.get('labels', entry.get('argmax'))}")

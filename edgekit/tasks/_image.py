@@ -13,6 +13,8 @@ already in 0..``pixel_max`` (e.g. ``load_digits().images``); it is resized if it
 from __future__ import annotations
 
 import io
+import re
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from edgekit.errors import ConfigError, InputError
+from edgekit.limits import MAX_IMAGE_PIXELS
 
 LAYOUTS = ("NCHW", "NHWC")
 # Pillow's resampling filters by name; Hugging Face preprocessor configs give their int codes
@@ -48,6 +51,9 @@ class ImageSpec:
 
         if len(self.size) != 2 or min(self.size) < 1:
             raise bad(f"size {list(self.size)} is not [H, W]", "give e.g. size=[224, 224]")
+        if self.size[0] * self.size[1] > MAX_IMAGE_PIXELS:
+            raise bad(f"size {self.size[0]}x{self.size[1]} is more than edgekit's limit of {MAX_IMAGE_PIXELS:,} pixels",
+                      "give the size the model takes, e.g. size=[224, 224]")
         if self.channels not in (1, 3):
             raise bad(f"channels={self.channels}", "channels is 1 (grey) or 3 (RGB)")
         for name in ("mean", "std"):
@@ -142,11 +148,27 @@ def _open(item: Any) -> Any:
         raise InputError(f"an image is a path, bytes, a file object, a PIL image or a numpy array, not a "
                          f"{type(item).__name__}", fix="pass e.g. m.classify('photo.jpg')")
     try:
-        with Image.open(source) as im:
-            im.load()
-            return im
+        with warnings.catch_warnings():  # Pillow warns from 89M pixels; edgekit's own limit is lower
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(source) as im:
+                _check_pixels(what, im.size[0] * im.size[1], f"{im.size[0]}x{im.size[1]}")
+                im.load()
+                return im
+    except Image.DecompressionBombError as e:  # raised by open() itself, before the size is known
+        found = re.search(r"\((\d+) pixels\)", str(e))
+        _check_pixels(what, int(found[1]) if found else MAX_IMAGE_PIXELS + 1, None)
+        raise  # unreachable: _check_pixels raised
     except OSError as e:
         raise InputError(f"{what} is not an image Pillow can read: {e}", fix="pass a PNG, JPEG, BMP, ... image") from e
+
+
+def _check_pixels(what: str, pixels: int, size: str | None) -> None:
+    """Refuse images past :data:`~edgekit.limits.MAX_IMAGE_PIXELS` before they are decoded."""
+    if pixels > MAX_IMAGE_PIXELS:
+        dims = f"{size} = " if size else ""
+        raise InputError(f"{what} is {dims}{pixels:,} pixels, more than edgekit's limit of {MAX_IMAGE_PIXELS:,}",
+                         fix="resize the image first (the model takes a small fixed size anyway); a file that "
+                         "declares a huge size in a few bytes is a decompression bomb")
 
 
 def _resize(im: Any, spec: ImageSpec) -> Any:

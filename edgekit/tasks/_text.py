@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgekit.errors import ArtifactError, InputError
+from edgekit.inputs import check_unicode
 
 if TYPE_CHECKING:
     from edgekit.tasks._base import Pipeline
@@ -96,6 +97,7 @@ class TextEncoder:
         if bad:
             raise InputError(f"text pipelines take strings; item {bad[0]} is a {type(texts[bad[0]]).__name__}",
                              fix="pass a string or a list of strings")
+        check_unicode(texts)
         encodings = self.tokenizer.encode_batch(list(texts))
         return {name: np.asarray([getattr(e, INPUT_FIELDS[name]) for e in encodings], dtype=np.int64)
                 for name in self.names}
@@ -103,3 +105,4 @@ class TextEncoder:
     def describe(self) -> dict[str, Any]:
         return {"max_length": self.max_length, "padding": "max_length" if self.fixed else "longest",
                 "pad_id": self.pad_id}
+

@@ -33,12 +33,9 @@ CACHE_SUBDIR = "litert-probe"
 
 def cache_dir() -> Path:
     """Where probe markers are kept."""
-    root = os.environ.get("EDGEKIT_CACHE_DIR")
-    if root:
-        return Path(root).expanduser() / CACHE_SUBDIR
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "edgekit" / CACHE_SUBDIR
+    from edgekit.fsutil import cache_root
+
+    return cache_root() / CACHE_SUBDIR
 
 
 def _key(*parts: Any) -> str:

@@ -298,10 +298,13 @@ class LlamaCppModel(Model):
         """Continue ``prompt``: the text, or with ``stream=True`` an iterator of text pieces.
         ``temperature=0`` decodes greedily; generation ends at ``max_tokens``, a stop string or
         the model's end-of-generation token."""
-        self._check_open()
+        self._check_request([prompt], max_tokens)
+        n = len(self.tokenize(prompt))
+        if n >= self.n_ctx:
+            raise _too_long(n, self.n_ctx)
         chunks = self._llm.create_completion(prompt, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
                                              top_k=top_k, stop=_stops(stop), seed=self._seed(seed), stream=True)
-        pieces = (c["choices"][0]["text"] for c in chunks)
+        pieces = (c["choices"][0]["text"] for c in _context_checked(chunks))
         return pieces if stream else "".join(pieces)
 
     def chat(self, messages: Sequence[Mapping[str, str]], max_tokens: int = 256, *, temperature: float = 0.8,
@@ -309,7 +312,11 @@ class LlamaCppModel(Model):
              seed: int | None = None, stream: bool = False) -> str | Iterator[str]:
         """Answer ``messages`` ([{"role": "user", "content": ...}]) formatted with the file's chat
         template: the reply, or with ``stream=True`` an iterator of its pieces."""
-        self._check_open()
+        contents = [str(m.get("content", "")) for m in messages if isinstance(m, Mapping)]
+        self._check_request(contents, max_tokens)
+        n = sum(len(self.tokenize(c, add_special=False)) for c in contents)  # the template adds more
+        if n >= self.n_ctx:
+            raise _too_long(n, self.n_ctx)
         if self.chat_template is None:
             raise ConfigError(f"{self.path.name} has no chat template",
                               fix="use generate() with your own prompt format, or convert a model whose "
@@ -317,7 +324,7 @@ class LlamaCppModel(Model):
         chunks = self._llm.create_chat_completion(messages=[dict(m) for m in messages], max_tokens=max_tokens,
                                                   temperature=temperature, top_p=top_p, top_k=top_k,
                                                   stop=_stops(stop), seed=self._seed(seed), stream=True)
-        pieces = (c["choices"][0]["delta"].get("content") or "" for c in chunks)
+        pieces = (c["choices"][0]["delta"].get("content") or "" for c in _context_checked(chunks))
         return pieces if stream else "".join(pieces)
 
     def _seed(self, seed: int | None) -> int:
@@ -326,6 +333,17 @@ class LlamaCppModel(Model):
     def _check_open(self) -> None:
         if self._closed:
             raise ConfigError(f"{self.path.name} was closed", fix="load it again with edgekit.load()")
+
+    def _check_request(self, texts: list[str], max_tokens: int) -> None:
+        """Refuse what llama.cpp would fail on with a raw error, or silently run to the context's end."""
+        from edgekit.inputs import check_unicode
+
+        self._check_open()
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+            raise ConfigError(f"max_tokens must be at least 1, got {max_tokens!r}",
+                              fix="pass the number of tokens to generate, e.g. max_tokens=128 (llama.cpp would "
+                              "read 0 or less as 'until the context is full')")
+        check_unicode(texts)
 
     # -- llama-bench style throughput -------------------------------------------------------------
     def bench_tokens(self, n_prompt: int = 512, n_gen: int = 128, *, repeats: int = 5, warmup: int = 1,
@@ -365,6 +383,25 @@ class LlamaCppModel(Model):
             pp_tokens_per_s=float(np.mean(pp)), pp_std=float(np.std(pp, ddof=1)) if len(pp) > 1 else 0.0,
             tg_tokens_per_s=float(np.mean(tg)), tg_std=float(np.std(tg, ddof=1)) if len(tg) > 1 else 0.0,
             load_ms=self.load_ms, peak_rss_mb=peak_rss_mb(), size_bytes=self.size_bytes)
+
+
+def _too_long(n: int, n_ctx: int) -> InputError:
+    return InputError(f"the prompt is {n} tokens, more than the context of {n_ctx} holds with room to generate",
+                      fix=f"shorten the prompt, or load with a larger context: edgekit.load(path, n_ctx={2 * n})")
+
+
+def _context_checked(chunks: Iterator[Any]) -> Iterator[Any]:
+    """llama-cpp-python's chunks, with its 'Requested tokens (N) exceed context window of M'
+    ValueError (raised at the first chunk, e.g. for a long chat) turned into an InputError."""
+    import re
+
+    try:
+        yield from chunks
+    except ValueError as e:
+        found = re.search(r"Requested tokens \((\d+)\) exceed context window of (\d+)", str(e))
+        if found is None:
+            raise RuntimeFailure(f"llama.cpp failed to generate: {e}", fix="check the prompt and options") from e
+        raise _too_long(int(found[1]), int(found[2])) from e
 
 
 def _stops(stop: str | Sequence[str] | None) -> list[str]:
