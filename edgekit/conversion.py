@@ -14,7 +14,7 @@ from edgekit.calib import check_data_files
 from edgekit.errors import CalibrationError, EdgekitError, VerificationError
 from edgekit.fsutil import publish, sha256_file, staging_dir, write_json_atomic
 from edgekit.manifest import Manifest, Verification, library_versions, manifest_path
-from edgekit.types import Format, Precision, ProgressFn
+from edgekit.types import ArtifactStatus, Format, Precision, ProgressFn
 
 if TYPE_CHECKING:
     from edgekit.converters import Converter
@@ -31,12 +31,15 @@ class Artifact:
     path: Path
     format: Format
     precision: Precision
-    status: str  # "ok" | "failed" | "diverged"
+    status: ArtifactStatus
     reason: str | None = None
     size_bytes: int = 0
     seconds: float = 0.0
     verification: Verification | None = None
     route: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "status", ArtifactStatus(self.status))  # "failed" from older callers too
 
     @property
     def manifest_path(self) -> Path:
@@ -44,7 +47,7 @@ class Artifact:
 
     def to_dict(self) -> dict[str, Any]:
         return {"path": str(self.path), "format": self.format.value, "precision": self.precision.value,
-                "status": self.status, "reason": self.reason, "size_bytes": self.size_bytes,
+                "status": self.status.value, "reason": self.reason, "size_bytes": self.size_bytes,
                 "seconds": round(self.seconds, 3), "route": self.route,
                 "verification": self.verification.to_dict() if self.verification else None}
 
@@ -201,7 +204,7 @@ def convert_source(
             if progress:
                 progress(f"build {conv.format.value}", len(precisions_), len(precisions_))
             shutil.rmtree(work, ignore_errors=True)
-    diverged = [a for a in artifacts if a.status == "diverged"]
+    diverged = [a for a in artifacts if a.status is ArtifactStatus.DIVERGED]
     if diverged:
         v = diverged[0].verification
         worst = next(o for o in v.outputs if o.name == v.failed_output) if v else None
@@ -217,7 +220,7 @@ def convert_source(
 
 def _failed(out_dir: Path, base_name: str, conv: Any, precision: Precision, e: EdgekitError) -> Artifact:
     return Artifact(out_dir / f"{base_name}-{precision.value}{conv.suffix}", conv.format, precision,
-                    "failed", e.problem)
+                    ArtifactStatus.FAILED, e.problem)
 
 
 def _stage_assets(source: Any, stage: Path, base_name: str) -> dict[str, Any]:
@@ -277,7 +280,7 @@ def _build_one(conv: Any, base: Any, precision: Precision, base_name: str, ctx: 
     if assets and assets["dir"].exists():  # the first variant published moves them out of staging
         publish([assets["dir"]], out_dir)
     final = publish([*built.files, mpath], out_dir)
-    status = "ok" if verification.passed else ("diverged" if verification.gated else "ok")
-    return Artifact(final[-2], conv.format, precision, status, None if status == "ok" else
+    status = ArtifactStatus.DIVERGED if verification.gated and not verification.passed else ArtifactStatus.OK
+    return Artifact(final[-2], conv.format, precision, status, None if status is ArtifactStatus.OK else
                     f"output {verification.failed_output!r} out of tolerance", size, seconds,
                     verification, built.route)

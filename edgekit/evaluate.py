@@ -19,7 +19,6 @@ metrics that need their own data. Set ``f.higher_is_better = False`` for an erro
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import inspect
 from abc import ABC, abstractmethod
@@ -30,6 +29,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from edgekit.errors import CalibrationError, ConfigError
+from edgekit.options import did_you_mean
+from edgekit.registry import Registry
 
 if TYPE_CHECKING:
     from edgekit.calib import CalibrationSet
@@ -181,7 +182,8 @@ class Evaluator(ABC):
         raise NotImplementedError
 
 
-EVALUATORS: dict[str, type[Evaluator]] = {}
+# metric name -> Evaluator class; plugins register through the ``edgekit.evaluators`` entry points
+EVALUATORS: Registry[str, type[Evaluator]] = Registry("evaluator", "edgekit.evaluate", "edgekit.evaluators")
 
 
 def register(name: str) -> Callable[[type[Evaluator]], type[Evaluator]]:
@@ -189,8 +191,7 @@ def register(name: str) -> Callable[[type[Evaluator]], type[Evaluator]]:
 
     def deco(cls: type[Evaluator]) -> type[Evaluator]:
         cls.name = name
-        EVALUATORS[name] = cls
-        return cls
+        return EVALUATORS.register(name)(cls)
 
     return deco
 
@@ -343,13 +344,11 @@ def get_evaluator(spec: str | Evaluator | Callable[..., float] | None = None, *,
         return UserMetric(spec, getattr(spec, "__name__", "metric"), higher_is_better)
     name = str(spec).strip()
     if name in EVALUATORS:
-        return EVALUATORS[name]()
+        return EVALUATORS.get(name)()
     if ":" in name:
         return UserMetric(load_callable(name), name, higher_is_better)
-    close = difflib.get_close_matches(name, list(EVALUATORS), n=1)
-    hint = f"did you mean {close[0]!r}? " if close else ""
-    raise ConfigError(f"unknown metric {name!r}",
-                      fix=f"{hint}use one of: {', '.join(EVALUATORS)}, or package.module:function")
+    raise ConfigError(f"unknown metric {name!r}", fix=f"{did_you_mean(name, EVALUATORS)}use one of: "
+                      f"{', '.join(EVALUATORS)}, or package.module:function")
 
 
 def evaluate(model: Any, data: Any, metric: str | Evaluator | Callable[..., float] | None = None, *,

@@ -20,7 +20,7 @@ import numpy as np
 
 from edgekit.errors import EdgekitError
 from edgekit.isolation import run_child
-from edgekit.types import ProgressFn
+from edgekit.types import BenchStatus, ProgressFn
 
 if TYPE_CHECKING:
     from edgekit.runtime import Model
@@ -56,7 +56,7 @@ class BenchResult:
     """One benchmark row; a failed or crashed artifact is a row too, with ``reason``."""
 
     artifact: str
-    status: str = "ok"  # ok | failed | crashed | timeout
+    status: BenchStatus = BenchStatus.OK
     reason: str | None = None
     format: str | None = None
     precision: str | None = None
@@ -77,8 +77,12 @@ class BenchResult:
     host: dict[str, Any] | None = None  # where it ran: edgekit.host.host_info(), a device's for --on
     schema: str = SCHEMA
 
+    def __post_init__(self) -> None:
+        self.status = BenchStatus(self.status)  # from_dict and older callers pass the string
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        d["status"] = BenchStatus(self.status).value
         d["latency"] = asdict(self.latency) if self.latency else None
         return d
 
@@ -252,7 +256,7 @@ def benchmark(path: str | Path, *, device: str = "cpu", runtime: str | None = No
             return measure_model(model, feed, warmup=warmup, runs=runs, min_time=min_time,
                                  batch=batch, dims=dims, load_ms=load_ms, progress=progress)
     except EdgekitError as e:
-        return BenchResult(artifact=str(path), status="failed", reason=e.problem, device=device,
+        return BenchResult(artifact=str(path), status=BenchStatus.FAILED, reason=e.problem, device=device,
                            threads=threads, batch=batch)
 
 
@@ -273,14 +277,14 @@ def _isolated(path: str | Path, inputs: Any, kwargs: dict[str, Any], timeout: fl
         job = {"path": str(path), "inputs": str(inputs) if inputs is not None else None, **kwargs}
         child = run_child("edgekit._bench_worker", job, timeout)
     if child.timed_out:
-        return BenchResult(artifact=str(path), status="timeout", mode="isolated",
+        return BenchResult(artifact=str(path), status=BenchStatus.TIMEOUT, mode="isolated",
                            reason=f"no result within {timeout:.0f} s")
     if child.signal:
-        return BenchResult(artifact=str(path), status="crashed", mode="isolated",
+        return BenchResult(artifact=str(path), status=BenchStatus.CRASHED, mode="isolated",
                            reason=f"the runtime killed the process with {child.signal}" +
                            (f": {child.stderr_tail}" if child.stderr_tail else ""))
     if not child.ok:
-        return BenchResult(artifact=str(path), status="failed", mode="isolated",
+        return BenchResult(artifact=str(path), status=BenchStatus.FAILED, mode="isolated",
                            reason=f"benchmark process exited with {child.returncode}: {child.problem()}")
     result = BenchResult.from_dict(child.reply)
     result.mode = "isolated"

@@ -1,7 +1,7 @@
 """A registry keyed by a name or enum, filled by decorators beside each implementation.
 
 Built-in implementations live in a package (``edgekit.converters``, ``edgekit.runtimes``) whose
-modules register themselves on import; importing them is cheap because heavy libraries are
+modules register themselves on import, or in one module (``edgekit.evaluate``); importing them is cheap because heavy libraries are
 imported inside their functions. Third parties register through an entry-point group.
 """
 
@@ -43,7 +43,7 @@ class Registry(Generic[K, T]):
             return
         self._discovered = True
         pkg = importlib.import_module(self._package)
-        for info in pkgutil.iter_modules(pkg.__path__):
+        for info in pkgutil.iter_modules(getattr(pkg, "__path__", ())):  # a module registers only its own
             if not info.name.startswith("_"):
                 importlib.import_module(f"{self._package}.{info.name}")
         for ep in metadata.entry_points(group=self._group):
@@ -63,6 +63,11 @@ class Registry(Generic[K, T]):
     def items(self) -> Iterator[tuple[K, T]]:
         self._discover()
         return iter(list(self._items.items()))
+
+    def __iter__(self) -> Iterator[K]:
+        """The registered keys, built-ins first."""
+        self._discover()
+        return iter(list(self._items))
 
     def __contains__(self, key: object) -> bool:
         self._discover()

@@ -92,6 +92,34 @@ class Device(_Vocabulary):
     AUTO = "auto"
 
 
+class ArtifactStatus(StrEnum):
+    """How one converted variant came out (``Artifact.status``; the JSON holds the value)."""
+
+    OK = "ok"
+    FAILED = "failed"  # an error stopped it; ``reason`` says which
+    DIVERGED = "diverged"  # built, but an fp32 output is out of tolerance
+
+
+class BenchStatus(StrEnum):
+    """How one benchmark run ended (``BenchResult.status``)."""
+
+    OK = "ok"
+    FAILED = "failed"  # an EdgekitError (load, inputs, runtime)
+    CRASHED = "crashed"  # the isolated child process died
+    TIMEOUT = "timeout"  # the isolated child ran past its deadline
+
+
+class RowStatus(StrEnum):
+    """Where one matrix row stands (``MatrixRow.status``): a conversion or a benchmark outcome."""
+
+    OK = "ok"
+    FAILED = "failed"
+    DIVERGED = "diverged"
+    CRASHED = "crashed"
+    TIMEOUT = "timeout"
+    CONVERTED = "converted"  # converted, not timed yet (an interrupted run resumes here)
+
+
 @dataclass(frozen=True)
 class DeviceRequest:
     """Where to run a model, parsed once from the user's ``device`` string by ``edgekit.load``.

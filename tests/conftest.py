@@ -113,9 +113,10 @@ def encoder_artifacts(encoder: nn.Module, tmp_path_factory: pytest.TempPathFacto
     return {a.precision.value: a for a in arts}
 
 
-def install_runtime_plugin(tmp_path, monkeypatch: pytest.MonkeyPatch, module: str, source: str) -> None:
+def install_runtime_plugin(tmp_path, monkeypatch: pytest.MonkeyPatch, module: str, source: str,
+                           group: str = "edgekit.runtimes") -> None:
     """Install ``source`` as module ``module`` of a third-party distribution whose entry point in
-    the ``edgekit.runtimes`` group names it, as a real plugin would; child processes find it."""
+    ``group`` names it, as a real plugin would; child processes find it."""
     import os
     import sys
     import textwrap
@@ -125,5 +126,5 @@ def install_runtime_plugin(tmp_path, monkeypatch: pytest.MonkeyPatch, module: st
     dist.mkdir()
     name = module.replace("_", "-")
     (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text(f"[edgekit.runtimes]\n{module} = {module}\n")
+    (dist / "entry_points.txt").write_text(f"[{group}]\n{module} = {module}\n")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), *sys.path]))

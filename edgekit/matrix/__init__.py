@@ -26,7 +26,7 @@ from edgekit.errors import ConfigError, EdgekitError
 from edgekit.fsutil import sha256_file, write_json_atomic
 from edgekit.matrix._plan import Skipped, Variant, plan, reason_of
 from edgekit.matrix._rows import EAGER, SCHEMA, BenchSettings, MatrixResult, MatrixRow, now
-from edgekit.types import Format, Precision, ProgressFn
+from edgekit.types import ArtifactStatus, BenchStatus, Format, Precision, ProgressFn, RowStatus
 
 if TYPE_CHECKING:
     from edgekit.conversion import Artifact
@@ -136,7 +136,7 @@ class _Run:
         _speedups(self.result.rows)
         write_json_atomic(self.result.path, self.result.to_dict())
         if self.progress:
-            done = sum(1 for r in self.result.rows if r.status != "converted")
+            done = sum(1 for r in self.result.rows if r.status is not RowStatus.CONVERTED)
             self.progress("matrix", done, len(self.order))
 
     def finish(self, plot: bool, title: str) -> None:
@@ -164,14 +164,14 @@ def _one_format(run: _Run, src: ModelSource, cells: list[Variant], previous: dic
     to_time: list[MatrixRow] = []
     for v in cells:
         if v.problem is not None:
-            run.put(MatrixRow(v.format.value, v.precision.value, "failed", v.problem, v.stage))
+            run.put(MatrixRow(v.format.value, v.precision.value, RowStatus.FAILED, v.problem, v.stage))
             continue
         prev = previous.get((v.format.value, v.precision.value))
         if prev is not None and _intact(prev, out_dir):
-            prev.reused = prev.status == "ok"  # a converted-but-untimed row is timed in this run
+            prev.reused = prev.status is RowStatus.OK  # a converted-but-untimed row is timed in this run
             run.put(prev)
-            run.result.reused += prev.status == "ok"
-            if prev.status == "converted":  # converted before an interruption, never timed
+            run.result.reused += prev.status is RowStatus.OK
+            if prev.status is RowStatus.CONVERTED:  # converted before an interruption, never timed
                 to_time.append(prev)
             continue
         todo.append(v.precision)
@@ -179,7 +179,7 @@ def _one_format(run: _Run, src: ModelSource, cells: list[Variant], previous: dic
         run.result.converted += len(todo)
         for row in _convert(src, cells[0].format, todo, out_dir, convert_options, run.progress):
             run.put(row)
-            if row.status == "converted":
+            if row.status is RowStatus.CONVERTED:
                 to_time.append(row)
     for row in to_time:
         # eager again right before the artifact: on a shared host load comes in bursts, and one
@@ -200,7 +200,7 @@ def _convert(src: ModelSource, fmt: Format, precisions: list[Precision], out_dir
     except EdgekitError as e:  # a VerificationError still carries every variant's row
         arts = getattr(e, "artifacts", None) or []
         if not arts:
-            return [MatrixRow(fmt.value, p.value, "failed", reason_of(e), "convert") for p in precisions]
+            return [MatrixRow(fmt.value, p.value, RowStatus.FAILED, reason_of(e), "convert") for p in precisions]
     return [_from_artifact(a) for a in arts]
 
 
@@ -209,8 +209,8 @@ def _from_artifact(a: Artifact) -> MatrixRow:
     v = a.verification
     metric = (v.metric if v else None) or {}
     worst = v.worst() if v else None
-    ok = a.status == "ok"
-    row = MatrixRow(a.format.value, a.precision.value, "converted" if ok else a.status, a.reason,
+    ok = a.status is ArtifactStatus.OK
+    row = MatrixRow(a.format.value, a.precision.value, RowStatus.CONVERTED if ok else RowStatus(a.status), a.reason,
                     None if ok else "convert", artifact=str(a.path), size_bytes=a.size_bytes or None,
                     metric_name=metric.get("name"), metric=metric.get("value"),
                     metric_reference=metric.get("reference"), metric_delta=metric.get("delta"),
@@ -242,11 +242,12 @@ def _time(row: MatrixRow, out_dir: Path, feed: dict[str, np.ndarray], s: BenchSe
                   **({"on": on} if on else {}))
     row.bench_window = [round(started, 3), round(time.time(), 3)]
     row.runtime, row.device, row.mode, row.measured_at = r.runtime, r.device, r.mode, now()
-    if r.status != "ok" or r.latency is None:
-        row.status, row.reason, row.stage = r.status if r.status != "ok" else "failed", r.reason, "bench"
+    if r.status is not BenchStatus.OK or r.latency is None:
+        row.status, row.reason, row.stage = (RowStatus(r.status) if r.status is not BenchStatus.OK else RowStatus.FAILED,
+                                             r.reason, "bench")
         return
     lat = r.latency
-    row.status = "ok"
+    row.status = RowStatus.OK
     row.p50_ms, row.p90_ms, row.p99_ms, row.mean_ms, row.std_ms = (
         lat.p50_ms, lat.p90_ms, lat.p99_ms, lat.mean_ms, lat.std_ms)
     row.first_ms, row.load_ms, row.runs = r.first_ms, r.load_ms, lat.runs
@@ -275,7 +276,7 @@ def _eager_row(src: ModelSource, feed: dict[str, np.ndarray], s: BenchSettings) 
             first, samples = time_calls(lambda: src.module(*args), warmup=s.warmup, runs=s.runs,
                                         min_time=s.min_time)
     except Exception as e:  # torch raises many types on a feed the module cannot take
-        row.status, row.stage = "failed", "bench"
+        row.status, row.stage = RowStatus.FAILED, "bench"
         row.reason = f"PyTorch eager failed on the benchmark inputs: {str(e).strip().splitlines()[0]}"
         return row
     finally:
@@ -369,7 +370,7 @@ def _previous(result: MatrixResult) -> dict[tuple[str, str], MatrixRow]:
         raise ConfigError(f"cannot resume from {path}: it was measured with other {' and '.join(differs)}",
                           fix="use the same source and options, another --out, or run without --resume")
     rows = [MatrixRow.from_dict(d) for d in data.get("rows", [])]
-    return {r.key: r for r in rows if r.status in ("ok", "converted")}
+    return {r.key: r for r in rows if r.status in (RowStatus.OK, RowStatus.CONVERTED)}
 
 
 def _intact(row: MatrixRow, out_dir: Path) -> bool:

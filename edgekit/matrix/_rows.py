@@ -14,6 +14,7 @@ from typing import Any
 
 from edgekit.errors import ConfigError
 from edgekit.matrix._plan import Skipped
+from edgekit.types import RowStatus
 
 SCHEMA = "edgekit.matrix/1"
 EAGER = "pytorch"  # the format name of the baseline row
@@ -66,7 +67,7 @@ class MatrixRow:
 
     format: str
     precision: str
-    status: str = "ok"  # ok | failed | diverged | crashed | timeout | converted (not timed yet)
+    status: RowStatus = RowStatus.OK
     reason: str | None = None
     stage: str | None = None  # where a row failed: plan | dependencies | convert | bench
     artifact: str | None = None
@@ -100,6 +101,9 @@ class MatrixRow:
     measured_at: str | None = None
     reused: bool = False  # taken from a previous run's matrix.json (resume)
 
+    def __post_init__(self) -> None:
+        self.status = RowStatus(self.status)  # a matrix.json being resumed holds the string
+
     @property
     def key(self) -> tuple[str, str]:
         return self.format, self.precision
@@ -109,7 +113,7 @@ class MatrixRow:
         return f"{self.format}/{self.precision}"
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "status": RowStatus(self.status).value}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> MatrixRow:
@@ -142,7 +146,7 @@ class MatrixResult:
 
     @property
     def failed(self) -> list[MatrixRow]:
-        return [r for r in self.rows if r.status != "ok"]
+        return [r for r in self.rows if r.status != RowStatus.OK]
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema": SCHEMA, "created": self.created, "complete": self.complete,

@@ -30,7 +30,7 @@ from edgekit.optimize._pipeline_report import (  # noqa: F401 - REPORT_COLUMNS, 
     report_rows,
 )
 from edgekit.optimize.recipe import Recipe, check_names, load_recipe
-from edgekit.types import Format, Precision, ProgressFn
+from edgekit.types import ArtifactStatus, Format, Precision, ProgressFn
 
 if TYPE_CHECKING:
     from edgekit.conversion import Artifact
@@ -243,7 +243,7 @@ def _gate_artifact(run: _Run, a: Artifact, attempt: int) -> StageReport:
     v = a.verification.metric if a.verification else None
     row = StageReport(_artifact_stage(a), {"precision": a.precision.value}, max_drop=max_drop, attempt=attempt,
                       details={"artifact": a.path.name})
-    if run.evaluator is None or run.data is None or a.status != "ok":
+    if run.evaluator is None or run.data is None or a.status is not ArtifactStatus.OK:
         run.report.stages.append(row)
         return row
     if v is not None and v.get("name") == run.evaluator.name and v.get("reference") is not None \
@@ -304,7 +304,7 @@ def _convert_and_gate(run: _Run, source: ModelSource, convert_kwargs: dict[str, 
         row, attempt, current = _gate_artifact(run, a, 1), 1, a
         _record_gate(current, run, row)
         while row.passed is False:
-            final.append(dataclasses.replace(current, status="failed", reason=row.describe()))
+            final.append(dataclasses.replace(current, status=ArtifactStatus.FAILED, reason=row.describe()))
             ladder = _milder(current, built) if run.recipe.eval.on_fail == "step-back" else []
             if not ladder:
                 failures.append(row)
