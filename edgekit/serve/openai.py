@@ -194,10 +194,14 @@ async def _answer(request: Request, state: ServerState, body: dict[str, Any], ch
 
 
 async def _first(pieces: AsyncIterator[str]) -> list[str]:
+    """The first piece (or none); a refused or failed generation raises here, its stream closed."""
     try:
         return [await pieces.__anext__()]
     except StopAsyncIteration:
         return []
+    except BaseException:
+        await pieces.aclose()  # type: ignore[attr-defined]
+        raise
 
 
 def _chunk(name: str, ident: str, chat: bool, text: str | None, finish: str | None,

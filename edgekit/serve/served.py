@@ -39,12 +39,14 @@ class ServedModel:
 
     def __init__(self, entry: Entry, model: Model, config: ServeConfig, metrics: Metrics) -> None:
         from edgekit.inputs import InputChecker
-        from edgekit.tasks import NATIVE_VERBS, PIPELINES, pipeline_for, task_of
+        from edgekit.runtime import Model
+        from edgekit.tasks import PIPELINES, pipeline_for, task_of
 
         self.name, self.entry, self.model = entry.name, entry, model
         self.task = task_of(model)
         self.pipeline = pipeline_for(model) if self.task in PIPELINES else None
-        self.generates = self.task in NATIVE_VERBS and hasattr(model, "chat_template")
+        # a runtime that implements generate() (llama.cpp), with or without a manifest
+        self.generates = type(model).generate is not Model.generate
         self.check = InputChecker(model.signature)
         sig = model.signature
         # merging requests along axis 0 needs a dynamic batch axis on every input and output

