@@ -618,10 +618,10 @@ def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return art.path
 
 
-GGUF_CASES = [
-    ("generate", {"prompt": "the river " * 100}, InputError, "tokens, more than the context of 64"),
-    ("chat", {"messages": [{"role": "user", "content": "the river " * 100}]}, InputError,
-     "tokens, more than the context of 64"),
+GGUF_CASES = [  # (n_ctx=64 is padded to llama.cpp's 256)
+    ("generate", {"prompt": "the river " * 300}, InputError, "tokens, more than the context of 256"),
+    ("chat", {"messages": [{"role": "user", "content": "the river " * 300}]}, InputError,
+     "tokens, more than the context of 256"),
     ("generate", {"prompt": "the river", "max_tokens": 0}, ConfigError, "max_tokens must be at least 1, got 0"),
     ("generate", {"prompt": "the river", "max_tokens": -5}, ConfigError, "max_tokens must be at least 1, got -5"),
     ("chat", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}, ConfigError,
@@ -634,9 +634,11 @@ GGUF_CASES = [
 def test_gguf_prompt_and_max_tokens_are_checked(tiny_gguf: Path, method: str, kwargs: dict, error: type,
                                                 words: str) -> None:
     with edgekit.load(tiny_gguf, n_ctx=64) as m:
+        assert m.n_ctx == 256
         with pytest.raises(error) as info:
             out = getattr(m, method)(**kwargs, temperature=0.0)
             list(out) if not isinstance(out, str) else None
         assert words in info.value.problem, info.value.problem
         assert isinstance(info.value, EdgekitError) and info.value.fix
         assert m.generate("the river", max_tokens=3, temperature=0.0) is not None  # still usable
+        assert m.generate("the river " * 20, max_tokens=1000, temperature=0.0) is not None  # runs to the end

@@ -82,6 +82,8 @@ class TokenBench:
         return asdict(self)
 
 
+CTX_PAD = 256  # llama.cpp rounds a context up to a multiple of this
+
 # llama.cpp's own device names (what ``devices()`` lists) -> the kind of device they are
 NATIVE_DEVICES: dict[str, Device] = {"cpu": Device.CPU, "gpu-offload": Device.GPU}
 
@@ -130,6 +132,9 @@ class LlamaCppModel(Model):
             probe(self.path)
         train_ctx = int(self.header.get("{arch}.context_length") or DEFAULT_CTX)
         n_ctx = opts.n_ctx or min(train_ctx, DEFAULT_CTX)
+        # llama.cpp pads the context to a multiple of CTX_PAD, but llama-cpp-python sizes its token
+        # buffer by the number given: generating past that number failed with a numpy broadcast error
+        n_ctx = -(-n_ctx // CTX_PAD) * CTX_PAD
         mark = LlamaLog.mark()
         t0 = time.perf_counter()
         try:
@@ -145,7 +150,7 @@ class LlamaCppModel(Model):
         self.load_ms = (time.perf_counter() - t0) * 1000
         self._llama_cpp = llama_cpp
         self._ctx = self._llm.ctx
-        self.n_ctx = self._llm.n_ctx()
+        self.n_ctx = min(self._llm.n_ctx(), len(self._llm.input_ids))  # what generate() can fill
         self.n_vocab = self._llm.n_vocab()
         self.n_batch = int(llama_cpp.llama_n_batch(self._ctx))  # what llama.cpp took (it may round n_ctx up)
         self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
@@ -399,6 +404,9 @@ def _context_checked(chunks: Iterator[Any]) -> Iterator[Any]:
         yield from chunks
     except ValueError as e:
         found = re.search(r"Requested tokens \((\d+)\) exceed context window of (\d+)", str(e))
+        if found is None and "could not broadcast" in str(e):  # the wrapper's token buffer is full
+            raise InputError("the prompt and the tokens generated do not fit the context",
+                             fix="pass a smaller max_tokens or a shorter prompt, or load with a larger n_ctx") from e
         if found is None:
             raise RuntimeFailure(f"llama.cpp failed to generate: {e}", fix="check the prompt and options") from e
         raise _too_long(int(found[1]), int(found[2])) from e
