@@ -6,7 +6,10 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
+import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -56,15 +59,77 @@ def write_json_atomic(path: Path, data: Any) -> None:
         raise
 
 
+STAGING_PREFIX = ".edgekit-staging-"
+OWNER_FILE = ".owner"  # {"pid", "host", "start"}: who is writing into a staging folder
+UNOWNED_STALE_S = 3600.0  # a folder with no owner record (an older edgekit's) is stale after this
+
+
+def _process_start(pid: int) -> str | None:
+    """The start time of ``pid`` in clock ticks since boot (Linux), which tells a reused pid apart."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22, counted after the "(comm)" field
+
+
+def _owner_gone(folder: Path) -> bool:
+    """True when the process that made ``folder`` has ended (killed, crashed); False while it may
+    still run: alive, on another host (a shared --out), or just creating its owner record."""
+    try:
+        owner = json.loads((folder / OWNER_FILE).read_text())
+        pid, host, start = int(owner["pid"]), owner.get("host"), owner.get("start")
+    except (OSError, ValueError, KeyError, TypeError):
+        try:
+            return time.time() - folder.stat().st_mtime > UNOWNED_STALE_S
+        except OSError:
+            return False
+    if host != socket.gethostname():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # alive, another user's
+    now = _process_start(pid)
+    return start is not None and now is not None and now != start  # the pid was reused
+
+
+def remove_stale_staging(out_dir: Path) -> list[Path]:
+    """Remove staging folders in ``out_dir`` whose owner process is gone (``kill -9`` mid-conversion
+    skips every cleanup); returns what was removed. Live conversions' folders are kept."""
+    removed = []
+    for folder in sorted(Path(out_dir).glob(STAGING_PREFIX + "*")):
+        if folder.is_dir() and not folder.is_symlink() and _owner_gone(folder):
+            shutil.rmtree(folder, ignore_errors=True)
+            if not folder.exists():
+                removed.append(folder)
+    return removed
+
+
 @contextmanager
 def staging_dir(out_dir: Path) -> Iterator[Path]:
     """A scratch directory inside ``out_dir`` (same filesystem, so renames are atomic).
 
-    It is removed whatever happens, so an interrupted conversion leaves nothing half-written.
+    It is removed whatever happens, so an interrupted conversion leaves nothing half-written; one
+    killed outright leaves it behind, and the next staging in ``out_dir`` removes it with an
+    :class:`~edgekit.errors.EdgekitWarning` naming it.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".edgekit-staging-", dir=out_dir))
+    stale = remove_stale_staging(out_dir)
+    if stale:
+        from edgekit.errors import EdgekitWarning
+
+        many = len(stale) > 1
+        warnings.warn(f"removed {len(stale)} staging folder{'s' if many else ''} left in {out_dir} by "
+                      f"{'conversions that were' if many else 'a conversion that was'} killed or crashed: "
+                      f"{', '.join(p.name for p in stale)}", EdgekitWarning, stacklevel=3)
+    tmp = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out_dir))
     try:
+        pid = os.getpid()
+        (tmp / OWNER_FILE).write_text(json.dumps({"pid": pid, "host": socket.gethostname(),
+                                                  "start": _process_start(pid)}))
         yield tmp
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
