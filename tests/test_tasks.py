@@ -230,18 +230,18 @@ def test_embed_matches_mean_pooled_source_vectors(fmt: str, emb: dict[str, Path]
 
 def test_pooling_is_read_from_the_sentence_transformers_config(tmp_path: Path) -> None:
     from edgekit.errors import SourceError
-    from edgekit.tasks import _hf
+    from edgekit.sources import hf_records
 
     (tmp_path / "1_Pooling").mkdir()
     cfg = tmp_path / "1_Pooling" / "config.json"
     cfg.write_text(json.dumps({"pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False}))
-    assert _hf.pooling(tmp_path) == "cls" and _hf.normalize(tmp_path) is True
+    assert hf_records.pooling(tmp_path) == "cls" and hf_records.normalize(tmp_path) is True
     (tmp_path / "modules.json").write_text(json.dumps([{"path": "1_Pooling",
                                                         "type": "sentence_transformers.models.Pooling"}]))
-    assert _hf.normalize(tmp_path) is False  # a pipeline without a Normalize module
+    assert hf_records.normalize(tmp_path) is False  # a pipeline without a Normalize module
     cfg.write_text(json.dumps({"pooling_mode_weightedmean_tokens": True}))
     with pytest.raises(SourceError, match="weightedmean"):
-        _hf.pooling(tmp_path)
+        hf_records.pooling(tmp_path)
 
 
 # -- an image classifier (nn.Module + preprocess=...) -----------------------------------------
@@ -324,7 +324,7 @@ def test_a_hugging_face_processor_is_recorded_and_reproduced(processor: str, tmp
     from transformers import ViTConfig, ViTForImageClassification
 
     from edgekit.sources import resolve_source
-    from edgekit.tasks._image import ImageSpec, load_pixels, to_tensor
+    from edgekit.tasks import ImageSpec, load_pixels, to_tensor
 
     kwargs = {"ViTImageProcessor": {"size": {"height": 32, "width": 32}, "image_mean": MEAN, "image_std": STD},
               "CLIPImageProcessor": {"size": {"shortest_edge": 36}, "crop_size": {"height": 32, "width": 32}}}
@@ -346,7 +346,7 @@ def test_digits_spec_maps_grey_images_to_the_training_range() -> None:
     """builtin:digits-cnn was trained on counts 0..16 divided by 16: a 0..255 grey file becomes
     pixel/255 after box-downsampling to 8x8; float arrays are taken as counts."""
     from edgekit.sources.builtin import DIGITS_IMAGE
-    from edgekit.tasks._image import ImageSpec, load_pixels, to_tensor
+    from edgekit.tasks import ImageSpec, load_pixels, to_tensor
 
     spec = ImageSpec.parse(DIGITS_IMAGE)
     big = np.kron(np.arange(64, dtype=np.uint8).reshape(8, 8) * 4, np.ones((4, 4), np.uint8))  # 32x32 blocks

@@ -17,8 +17,7 @@ import numpy as np
 
 from edgekit.errors import SourceError
 from edgekit.fsutil import sha256_file
-from edgekit.sources import ModelSource
-from edgekit.tasks import _hf as hf_records
+from edgekit.sources import ModelSource, hf_records
 
 # architecture suffix -> (task, exported output)
 TASKS: dict[str, tuple[str, str]] = {

@@ -174,8 +174,7 @@ def with_preprocess(source: ModelSource, preprocess: Mapping[str, Any]) -> Model
     """``source`` with the user's ``preprocess`` record (``convert(..., preprocess={...})``) merged
     over its own; a tokenizer file joins its assets, and a source with no task gets the one the
     record implies (an image spec: image-classification)."""
-    from edgekit.tasks import infer_task
-    from edgekit.tasks._spec import check_preprocess
+    from edgekit.tasks import check_preprocess, infer_task
 
     record, files = check_preprocess(preprocess)
     source.preprocess = {**source.preprocess, **record}

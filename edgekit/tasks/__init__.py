@@ -20,8 +20,24 @@ from edgekit.registry import Registry
 if TYPE_CHECKING:
     from edgekit.runtime import Model
     from edgekit.tasks._base import Pipeline
+    from edgekit.tasks._image import ImageSpec, from_hf_preprocessor, load_pixels, to_tensor  # noqa: F401
+    from edgekit.tasks._spec import check_preprocess  # noqa: F401 - public, lazily
 
 PIPELINES: Registry[str, type[Pipeline]] = Registry("task pipeline", "edgekit.tasks", "edgekit.tasks")
+
+# public names whose code lives in this package's private modules, imported on first use
+_EXPORTS = {"ImageSpec": "edgekit.tasks._image", "load_pixels": "edgekit.tasks._image",
+            "to_tensor": "edgekit.tasks._image", "from_hf_preprocessor": "edgekit.tasks._image",
+            "check_preprocess": "edgekit.tasks._spec"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'edgekit.tasks' has no attribute {name!r}")
+
 
 # tasks served by a backend's own methods rather than a pipeline (llama.cpp's generate/chat)
 NATIVE_VERBS: dict[str, tuple[str, ...]] = {"text-generation": ("generate", "chat")}

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekit.errors import SourceError
-from edgekit.tasks._image import ImageSpec, from_hf_preprocessor
+from edgekit.tasks import ImageSpec, from_hf_preprocessor
 
 # sentence-transformers files copied into the artifact's assets beside the tokenizer
 ST_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
