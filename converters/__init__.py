@@ -113,6 +113,12 @@ class Converter(ABC):
         raise ConfigError(f"{self.format.value} cannot keep single layers unquantized",
                           fix="leave exclude_layers out for this format")
 
+    def with_exclusions(self, base: Any, layers: list[str], ctx: BuildContext) -> Any:
+        """``base`` set to keep ``layers`` (PyTorch names) unquantized in the next ``build``,
+        without exporting again (the accuracy-aware int8 loop, :mod:`edgekit.optimize.int8_loop`)."""
+        raise ConfigError(f"{self.format.value} cannot keep single layers unquantized",
+                          fix="use -O int8_loop=false, or another precision for this format")
+
     def verify(self, built: Built, precision: Precision, ctx: BuildContext,
                reference: Reference) -> tuple[Verification, Signature] | None:
         """Verify ``built`` this format's own way and return (verification, native signature), or

@@ -6,7 +6,7 @@ import re
 import shutil
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,9 +34,10 @@ class Artifact:
     status: ArtifactStatus
     reason: str | None = None
     size_bytes: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0  # the whole variant: its share of the export + build + verification
     verification: Verification | None = None
     route: str = ""
+    seconds_parts: Mapping[str, float] = field(default_factory=dict)  # export_share, build, verify
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "status", ArtifactStatus(self.status))  # "failed" from older callers too
@@ -48,7 +49,8 @@ class Artifact:
     def to_dict(self) -> dict[str, Any]:
         return {"path": str(self.path), "format": self.format.value, "precision": self.precision.value,
                 "status": self.status.value, "reason": self.reason, "size_bytes": self.size_bytes,
-                "seconds": round(self.seconds, 3), "route": self.route,
+                "seconds": round(self.seconds, 3),
+                "seconds_parts": {k: round(v, 3) for k, v in self.seconds_parts.items()}, "route": self.route,
                 "verification": self.verification.to_dict() if self.verification else None}
 
 
@@ -99,7 +101,7 @@ def convert(
     check_data_files(calib=calib, eval_data=eval_data)  # a typo'd path fails before the model loads
     plan_converters(targets, precisions, options)  # bad targets or options fail before the model loads
     source = resolve_source(model, example_inputs, input_names=input_names, output_names=output_names,
-                            dynamic_axes=dynamic_axes, weights=weights, seq_len=seq_len)
+                            dynamic_axes=dynamic_axes, weights=weights, seq_len=seq_len, progress=progress)
     return convert_source(source, targets=targets, precisions=precisions, out=out, calib=calib,
                           eval_data=eval_data, options=options, name=name, preprocess=preprocess,
                           keep_going=keep_going, progress=progress)
@@ -196,7 +198,8 @@ def convert_source(
                 try:
                     artifacts.append(_build_one(conv, base, precision, base_name, ctx, reference,
                                                 out_dir, assets, export_s,
-                                                options_dict(opts[conv.format]), record))
+                                                options_dict(opts[conv.format]), record,
+                                                export_share=export_s / len(precisions_)))
                 except EdgekitError as e:
                     if not keep_going:
                         raise
@@ -238,28 +241,27 @@ def _stage_assets(source: Any, stage: Path, base_name: str) -> dict[str, Any]:
 
 def _build_one(conv: Any, base: Any, precision: Precision, base_name: str, ctx: Any,
                reference: Any, out_dir: Path, assets: dict[str, Any],
-               export_s: float, options: dict[str, Any], record: Mapping[str, Any] | None = None) -> Artifact:
-    from edgekit.isolation import run_isolated
-    from edgekit.runtime import load
-    from edgekit.verify import compare
-
+               export_s: float, options: dict[str, Any], record: Mapping[str, Any] | None = None,
+               export_share: float = 0.0) -> Artifact:
+    """Build, verify and publish one precision; its ``seconds`` count ``export_share`` (the
+    format's export split over its precisions), the build, the verification and the manifest."""
     stem = f"{base_name}-{precision.value}"
     t0 = time.perf_counter()
     built = conv.build(base, precision, stem, ctx)
     seconds = time.perf_counter() - t0
+    t_verify = time.perf_counter()
     if ctx.progress:
         ctx.progress(f"verify {stem}", 0, 1)
-    custom = conv.verify(built, precision, ctx, reference)  # a format's own check, or None
-    if custom is not None:
-        verification, native = custom
-    else:
-        feeds = reference.all_feeds
-        if conv.verify_isolated:  # a clean process that has not imported the converter's stack
-            got, native = run_isolated(built.model, feeds, device="cpu", **conv.verify_options)
-        else:
-            with load(built.model, device="cpu", **conv.verify_options) as m:
-                got, native = [m.run(f) for f in feeds], m.signature
-        verification = compare(reference, got, precision, device="cpu")
+    verification, native = _verify(conv, built, precision, ctx, reference)
+    verify_s = time.perf_counter() - t_verify
+    loop = None
+    if precision is Precision.INT8 and hasattr(ctx.options, "int8_loop"):  # accuracy-aware static int8
+        from edgekit.optimize.int8_loop import refine
+
+        loop = refine(conv, base, stem, ctx, reference, built, verification,
+                      lambda b: _verify(conv, b, precision, ctx, reference))
+        built, verification, native = loop.built, loop.verification, loop.native or native
+        built.details["accuracy_loop"] = loop.record
     signature = native.with_examples(ctx.source.example_inputs)
     size = sum(f.stat().st_size for f in built.files)
     files = [{"path": f.name, "sha256": sha256_file(f), "bytes": f.stat().st_size} for f in built.files]
@@ -271,7 +273,7 @@ def _build_one(conv: Any, base: Any, precision: Precision, base_name: str, ctx: 
         task=ctx.source.task, files=files + assets.get("files", []), size_bytes=size,
         source=ctx.source.describe(), options=options,
         conversion={"route": built.route, "export_seconds": round(export_s, 3),
-                    "build_seconds": round(seconds, 3), **built.details},
+                    "build_seconds": round(seconds, 3), "verify_seconds": round(verify_s, 3), **built.details},
         versions=library_versions(*conv.distributions), verification=verification,
         preprocess=preprocess, runtime_hints=dict(built.runtime_hints),
         recipe=dict(record) if record is not None else None)
@@ -281,6 +283,28 @@ def _build_one(conv: Any, base: Any, precision: Precision, base_name: str, ctx: 
         publish([assets["dir"]], out_dir)
     final = publish([*built.files, mpath], out_dir)
     status = ArtifactStatus.DIVERGED if verification.gated and not verification.passed else ArtifactStatus.OK
-    return Artifact(final[-2], conv.format, precision, status, None if status is ArtifactStatus.OK else
-                    f"output {verification.failed_output!r} out of tolerance", size, seconds,
-                    verification, built.route)
+    reason = None if status is ArtifactStatus.OK else f"output {verification.failed_output!r} out of tolerance"
+    if status is ArtifactStatus.OK and loop is not None and not loop.met:  # short of its int8 target
+        status, reason = ArtifactStatus.DEGRADED, loop.reason
+    return Artifact(final[-2], conv.format, precision, status, reason, size,
+                    export_share + time.perf_counter() - t0, verification, built.route,
+                    {"export_share": export_share, "build": seconds, "verify": verify_s})
+
+
+def _verify(conv: Any, built: Any, precision: Precision, ctx: Any, reference: Any) -> tuple[Verification, Any]:
+    """Run ``built`` on every reference feed (or the format's own check) and compare the outputs;
+    returns the verification and the artifact's native signature."""
+    from edgekit.isolation import run_isolated
+    from edgekit.runtime import load
+    from edgekit.verify import compare
+
+    custom = conv.verify(built, precision, ctx, reference)  # a format's own check, or None
+    if custom is not None:
+        return custom
+    feeds = reference.all_feeds
+    if conv.verify_isolated:  # a clean process that has not imported the converter's stack
+        got, native = run_isolated(built.model, feeds, device="cpu", **conv.verify_options)
+    else:
+        with load(built.model, device="cpu", **conv.verify_options) as m:
+            got, native = [m.run(f) for f in feeds], m.signature
+    return compare(reference, got, precision, device="cpu"), native

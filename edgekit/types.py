@@ -98,6 +98,7 @@ class ArtifactStatus(StrEnum):
     OK = "ok"
     FAILED = "failed"  # an error stopped it; ``reason`` says which
     DIVERGED = "diverged"  # built, but an fp32 output is out of tolerance
+    DEGRADED = "degraded"  # built and usable, but static int8 ended short of its accuracy target
 
 
 class BenchStatus(StrEnum):

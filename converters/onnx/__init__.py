@@ -18,6 +18,7 @@ import numpy as np
 from edgekit.converters import CONVERTERS, BuildContext, Built, Converter
 from edgekit.converters.onnx import graph
 from edgekit.errors import CalibrationError, ExportError, QuantizationError
+from edgekit.optimize.int8_loop import AccuracyOptions
 from edgekit.quiet import quiet as _quiet
 from edgekit.types import Format, Precision
 
@@ -25,8 +26,9 @@ CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 
 
 @dataclass(frozen=True)
-class OnnxOptions:
-    """Options of the ONNX converter (``-O name=value`` on the command line)."""
+class OnnxOptions(AccuracyOptions):
+    """Options of the ONNX converter (``-O name=value`` on the command line); the accuracy-aware
+    int8 loop's options come from :class:`~edgekit.optimize.int8_loop.AccuracyOptions`."""
 
     opset: int | None = None  # None: the exporter's default
     external_data_threshold: int = 1_800_000_000  # bytes of weights above which data goes to .data
@@ -52,6 +54,7 @@ class OnnxOptions:
     def __post_init__(self) -> None:
         from edgekit.errors import ConfigError
 
+        super().__post_init__()
         if self.calibration not in CALIBRATION_METHODS:
             raise ConfigError(f"unknown calibration method {self.calibration!r}",
                               fix=f"use one of {CALIBRATION_METHODS}")
@@ -71,6 +74,7 @@ class Base:
     external: bool
     gemm_rewritten: int
     layer_nodes: dict[str, list[str]] = field(default_factory=dict)  # exclude_layers -> node names
+    all_layer_nodes: dict[str, list[str]] = field(default_factory=dict)  # every layer -> node names
 
 
 # the exporter's and quantizers' loggers
@@ -110,11 +114,15 @@ class OnnxConverter(Converter):
     def native_exclusions(self, base: Base) -> dict[str, Any]:
         return {"nodes_to_exclude": [n for found in base.layer_nodes.values() for n in found]}
 
+    def with_exclusions(self, base: Base, layers: list[str], ctx: BuildContext) -> Base:
+        # the exporter's metadata is gone from the saved graph: every layer was mapped at export
+        return replace(base, layer_nodes={name: list(base.all_layer_nodes.get(name, [])) for name in layers})
+
     def export(self, ctx: BuildContext) -> Base:
         import onnx
 
         from edgekit.converters.onnx import exclusions as excl
-        from edgekit.optimize.exclusions import resolve
+        from edgekit.optimize.exclusions import find_layers, resolve
 
         opts: OnnxOptions = ctx.options
         excluded = resolve(ctx.source, opts.exclude_layers)
@@ -131,7 +139,7 @@ class OnnxConverter(Converter):
                 raise _export_error(e, program) from e
             onnx_program.save(str(fp32), external_data=external)
         model = onnx.load(str(fp32), load_external_data=False)
-        layer_nodes = excl.layer_nodes(model, program, excluded) if excluded else {}
+        every = excl.layer_nodes(model, program, find_layers(ctx.source))  # for the int8 loop's exclusions
         graph.strip_value_info(model)
         graph.name_dynamic_axes(model, ctx.source.dynamic_axes)
         onnx.save(model, str(fp32))
@@ -145,7 +153,8 @@ class OnnxConverter(Converter):
         prepared = ctx.workdir / "prepared.onnx"
         _save(full, prepared, external)
         ctx.report("export to ONNX", 2, 2)
-        return Base(fp32, prepared, external, rewritten, excl.renamed(layer_nodes, full))
+        every = excl.renamed(every, full)
+        return Base(fp32, prepared, external, rewritten, {name: every[name] for name in excluded}, every)
 
     def _torch_export(self, ctx: BuildContext) -> Any:
         import torch

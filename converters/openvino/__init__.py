@@ -21,6 +21,7 @@ from typing import Any
 
 from edgekit.converters import CONVERTERS, BuildContext, Built, Converter
 from edgekit.errors import CalibrationError, ConfigError, ExportError, QuantizationError
+from edgekit.optimize.int8_loop import AccuracyOptions
 from edgekit.quiet import quiet as _quiet
 from edgekit.types import Format, Precision
 
@@ -34,8 +35,11 @@ VERIFY_HINT = "f32"
 
 
 @dataclass(frozen=True)
-class OpenVinoOptions:
-    """Options of the OpenVINO converter (``-O name=value``, or ``-O openvino.name=value``)."""
+class OpenVinoOptions(AccuracyOptions):
+    """Options of the OpenVINO converter (``-O name=value``, or ``-O openvino.name=value``); the
+    accuracy-aware int8 loop's options (``int8_target``, ``max_accuracy_drop``...) come from
+    :class:`~edgekit.optimize.int8_loop.AccuracyOptions`. With ``max_accuracy_drop`` and labelled
+    data, int8 first runs NNCF's own accuracy control, then edgekit's loop checks the result."""
 
     # int8: NNCF post-training quantization on the calibration data
     preset: str = "performance"  # performance: symmetric activations; mixed: asymmetric activations
@@ -44,8 +48,7 @@ class OpenVinoOptions:
     fast_bias_correction: bool = True
     nodes_to_exclude: tuple[str, ...] = ()  # OpenVINO node names kept in float (int8) or uncompressed
     exclude_layers: tuple[str, ...] = ()  # PyTorch layer names, mapped to OpenVINO op names and checked
-    # accuracy-aware int8: with labelled data (--eval), revert layers to float until the drop fits
-    max_accuracy_drop: float | None = None
+    # NNCF accuracy control (with max_accuracy_drop and --eval): how the drop is measured
     accuracy_drop_type: str = "absolute"  # absolute (0.01 = one point) or relative (fraction)
     # int8-weights: NNCF weight compression
     int8_weights_symmetric: bool = False  # INT8_SYM instead of INT8_ASYM
@@ -60,6 +63,7 @@ class OpenVinoOptions:
     runtime_precision_hint: str = "f32"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         for name, value, allowed in (("preset", self.preset, PRESETS), ("model_type", self.model_type, MODEL_TYPES),
                                      ("accuracy_drop_type", self.accuracy_drop_type, DROP_TYPES),
                                      ("runtime_precision_hint", self.runtime_precision_hint, RUNTIME_HINTS)):
@@ -74,9 +78,6 @@ class OpenVinoOptions:
         if not 0.0 < self.int4_ratio <= 1.0:
             raise ConfigError(f"int4_ratio must be in (0, 1], got {self.int4_ratio}",
                               fix="use e.g. 0.8 to keep the 20% most sensitive layers at 8 bit")
-        if self.max_accuracy_drop is not None and self.max_accuracy_drop < 0:
-            raise ConfigError(f"max_accuracy_drop must be >= 0, got {self.max_accuracy_drop}",
-                              fix="use e.g. 0.01 (one accuracy point with accuracy_drop_type=absolute)")
 
 
 @dataclass
@@ -88,6 +89,7 @@ class Base:
     transformer_reason: str
     modules: dict[str, str]  # torch.export node name (the start of OpenVINO's op names) -> module path
     layer_ops: dict[str, list[str]] = field(default_factory=dict)  # exclude_layers -> op names
+    program: Any = None  # the ExportedProgram, to map more layers later (the int8 loop)
 
 
 Builder = Callable[["OpenVinoConverter", Base, BuildContext], tuple[Any, str, dict[str, Any]]]
@@ -133,6 +135,11 @@ class OpenVinoConverter(Converter):
     def native_exclusions(self, base: Base) -> dict[str, Any]:
         return {"nodes_to_exclude": [n for found in base.layer_ops.values() for n in found]}
 
+    def with_exclusions(self, base: Base, layers: list[str], ctx: BuildContext) -> Base:
+        from edgekit.converters.openvino import exclusions as excl
+
+        return replace(base, layer_ops=excl.layer_ops(_read(base), base.program, ctx.source, layers))
+
     def export(self, ctx: BuildContext) -> Base:
         import openvino as ov
 
@@ -168,7 +175,7 @@ class OpenVinoConverter(Converter):
         transformer, reason = _model_type(ctx)
         ctx.report("export to OpenVINO", 2, 2)
         layer_ops = excl.layer_ops(model, program, src, excluded) if excluded else {}
-        return Base(xml, transformer, reason, graph.module_paths(program), layer_ops)
+        return Base(xml, transformer, reason, graph.module_paths(program), layer_ops, program)
 
     # -- precisions ----------------------------------------------------------------------
     def build(self, base: Base, precision: Precision, stem: str, ctx: BuildContext) -> Built:

@@ -31,6 +31,7 @@ import numpy as np
 from edgekit.converters import CONVERTERS, BuildContext, Built, Converter
 from edgekit.converters.tflite import export as tx
 from edgekit.errors import CalibrationError, ConfigError, EdgekitError, QuantizationError
+from edgekit.optimize.int8_loop import AccuracyOptions
 from edgekit.quiet import quiet as _quiet
 from edgekit.types import Format, Precision
 
@@ -40,8 +41,9 @@ SMOKE_SAMPLES = 8  # calibration samples run (with the example) when choosing am
 
 
 @dataclass(frozen=True)
-class TfliteOptions:
-    """Options of the TFLite converter (``-O tflite.name=value`` on the command line)."""
+class TfliteOptions(AccuracyOptions):
+    """Options of the TFLite converter (``-O tflite.name=value`` on the command line); the
+    accuracy-aware int8 loop's options come from :class:`~edgekit.optimize.int8_loop.AccuracyOptions`."""
 
     # fixed input shapes, e.g. "input_ids=1x128;attention_mask=1x128" (default: the example's)
     input_shapes: Mapping[str, Sequence[int]] | str | None = None
@@ -58,6 +60,7 @@ class TfliteOptions:
     exclude_scopes: tuple[str, ...] = ()  # ai-edge-quantizer op-scope regexes kept in float
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         object.__setattr__(self, "input_shapes", tx.parse_shapes(self.input_shapes) or None)
         object.__setattr__(self, "layout", str(self.layout).strip().lower())
         if self.layout not in LAYOUTS:
@@ -161,6 +164,14 @@ class TfliteConverter(Converter):
     # -- export --------------------------------------------------------------------------
     def native_exclusions(self, base: Base) -> dict[str, Any]:
         return {"exclude_scopes": base.exclusions.regexes() if base.exclusions else []}
+
+    def with_exclusions(self, base: Base, layers: list[str], ctx: BuildContext) -> Base:
+        from dataclasses import replace
+
+        from edgekit.converters.tflite.exclusions import plan
+
+        opts: TfliteOptions = ctx.options
+        return replace(base, exclusions=plan(ctx.source, base.fp32_bytes, layers, opts.exclude_scopes, base.module))
 
     def export(self, ctx: BuildContext) -> Base:
         from edgekit.optimize.exclusions import resolve
