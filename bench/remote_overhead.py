@@ -4,7 +4,12 @@ SSH device (this machine, the same threads), interleaved, and the push time of a
 The device is Debian's sshd on 127.0.0.1 (started here, keys made here) and a venv holding only
 ``edgekit[onnxruntime]`` (tests/sshd_device.py builds and caches it). Both sides run the same
 harness in a fresh isolated process, so the p50 ratio should be ~1: the timing happens on the
-device, not across the link. Run: ``.venv/bin/python bench/remote_overhead.py`` (needs root or an
+device, not across the link.
+
+The local side runs in a new session (``setsid``), as sshd starts every remote command: Linux's
+scheduler autogroups give each session its own share of the CPU, so on a busy machine a local
+run inside the user's crowded session would get less CPU than a loopback "remote" run and the
+ratio would measure the scheduler, not the link. Run: ``.venv/bin/python bench/remote_overhead.py`` (needs root or an
 sshd that lets the current user in, and ``apt-get install -y openssh-server``).
 """
 
@@ -43,6 +48,19 @@ def mlp(path: Path, width: int, layers: int) -> Path:
     return path
 
 
+def local_bench(model: Path, **opts: object) -> object:
+    """``edgekit.benchmark(isolated=True)`` here, from a process in its own session (see above)."""
+    import subprocess
+
+    from edgekit.harness import BenchResult
+
+    code = ("import json, sys, edgekit; a = json.loads(sys.argv[1]); "
+            "print(json.dumps(edgekit.benchmark(a.pop('path'), isolated=True, **a).to_dict()))")
+    done = subprocess.run([sys.executable, "-c", code, json.dumps({"path": str(model), **opts})],
+                          capture_output=True, text=True, check=True, start_new_session=True)
+    return BenchResult.from_dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=6)
@@ -53,7 +71,6 @@ def main() -> None:
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "remote_overhead.json"))
     args = ap.parse_args()
 
-    import edgekit
     from edgekit.devices import Device, parse_target
     from edgekit.devices.push import bundle, push
     from edgekit.devices.setup import plan, setup
@@ -78,16 +95,16 @@ def main() -> None:
                 pair = {}
                 for side in (("local", "remote") if r % 2 == 0 else ("remote", "local")):
                     if side == "local":
-                        row = edgekit.benchmark(model, isolated=True, **opts)
+                        row = local_bench(model, **opts)
                     else:
                         row = dev.bench(model, **opts)
+                        host = row.host
                     assert row.status == "ok", row.reason
                     pair[side] = row.latency.p50_ms
                 local.append(pair["local"])
                 remote.append(pair["remote"])
                 ratios.append(pair["remote"] / pair["local"])
                 print(f"round {r}: local p50 {pair['local']:.3f} ms, remote p50 {pair['remote']:.3f} ms", flush=True)
-            host = row.host
             dev.close()
     result = {
         "artifact_mb": round(size / 1e6, 1), "threads": args.threads, "rounds": args.rounds, "runs": args.runs,

@@ -154,6 +154,20 @@ def test_benchmark_on_a_saved_device(device: Device, cnn_onnx: Path) -> None:
     assert row.status == "ok" and row.host["name"] == "loop" and row.host["push"]["sent_bytes"] == 0
 
 
+def test_ssh_config_alias(env: Path, server: sd.Sshd, device: Device) -> None:
+    """``ssh://alias`` takes HostName, Port, User and IdentityFile from ~/.ssh/config."""
+    import getpass
+
+    ssh = Path(os.environ["HOME"]) / ".ssh"
+    ssh.mkdir(parents=True, exist_ok=True)
+    (ssh / "config").write_text(f"Host loopalias\n  HostName 127.0.0.1\n  Port {server.port}\n"
+                                f"  User {getpass.getuser()}\n  IdentityFile {server.user_key}\n")
+    spec = parse_target("ssh://loopalias", python=device.spec.python, workdir=device.spec.workdir)
+    with Device(spec) as d:  # the host key recorded for 127.0.0.1:port is the one checked
+        assert d.link.where == f"{getpass.getuser()}@127.0.0.1:{server.port}"
+        assert d.link.run(["true"], timeout=30).returncode == 0
+
+
 def test_inventory_addresses() -> None:
     s = parse_target("ssh://pi@192.168.1.40:2222", name="pi5", identity="~/.ssh/id_ed25519")
     assert (s.user, s.host, s.port, s.identity, s.url) == ("pi", "192.168.1.40", 2222, "~/.ssh/id_ed25519",
