@@ -75,6 +75,7 @@ class BenchResult:
     task: str | None = None  # set by a task benchmark (measure_task): latency is then end to end
     stages: dict[str, LatencyStats] = field(default_factory=dict)  # preprocess, inference, postprocess
     host: dict[str, Any] | None = None  # where it ran: edgekit.host.host_info(), a device's for --on
+    sha256: str | None = None  # of the artifact file, so runs compare by content (edgekit compare)
     schema: str = SCHEMA
 
     def __post_init__(self) -> None:

@@ -5,13 +5,20 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 import warnings
 from collections.abc import Iterator
+
+VERBOSE_ENV = "EDGEKIT_VERBOSE"
 
 
 @contextlib.contextmanager
 def quiet(*loggers: str) -> Iterator[None]:
-    """Within the block: the named loggers at ERROR, warnings ignored, stdout and stderr swallowed."""
+    """Within the block: the named loggers at ERROR, warnings ignored, stdout and stderr swallowed;
+    nothing is silenced when ``EDGEKIT_VERBOSE`` is set (``edgekit -v``)."""
+    if os.environ.get(VERBOSE_ENV):
+        yield
+        return
     named = [logging.getLogger(n) for n in loggers]
     levels = [lg.level for lg in named]
     for lg in named:

@@ -1,8 +1,10 @@
-"""Rendering typed results as rich tables (the CLI's job; the library never prints)."""
+"""Typed results as tables: :class:`Sheet` rows of plain text for convert, bench and matrix (the CLI
+renders them for a terminal, a pipe, Markdown or CSV), rich tables for inspect. The library never prints."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from rich.markup import escape
@@ -27,57 +29,96 @@ def human_bytes(n: int | None) -> str:
     return f"{size:.1f} GB"
 
 
-def _f(value: float | None, fmt: str = "{:.3f}") -> str:
+def num(value: float | None, fmt: str = "{:.3f}") -> str:
     return "-" if value is None else fmt.format(value)
 
 
-STATUS_STYLE = {"ok": "green", "failed": "red", "diverged": "red", "crashed": "red", "timeout": "yellow"}
+STATUS_STYLE = {"ok": "green", "failed": "red", "diverged": "red", "crashed": "red", "timeout": "yellow",
+                "degraded": "yellow", "regressed": "red", "missing": "red", "new": "yellow"}
 
 
-def _status(status: str) -> str:
-    return f"[{STATUS_STYLE.get(status, 'white')}]{status}[/]"
+@dataclass(frozen=True)
+class Column:
+    """One column of a :class:`Sheet`; ``drop`` 0 is always shown, 1 and 2 give way (2 first) in a
+    narrow terminal."""
+
+    name: str
+    justify: str = "right"
+    drop: int = 0
 
 
-def artifacts_table(artifacts: Iterable[Artifact]) -> Table:
+@dataclass
+class Sheet:
+    """A table as plain text cells, rendered by the CLI as a terminal table, plain text, Markdown
+    or CSV. The first column is the row's name (an artifact, a variant) and is never shortened."""
+
+    title: str
+    columns: list[Column]
+    rows: list[list[str]] = field(default_factory=list)
+    reasons: dict[int, str] = field(default_factory=dict)  # row index -> why it failed
+    notes: list[str] = field(default_factory=list)  # lines under the table
+
+    def add(self, *cells: str, reason: str | None = None) -> None:
+        if reason:
+            self.reasons[len(self.rows)] = reason
+        self.rows.append([str(c) for c in cells])
+
+
+def columns(spec: str) -> list[Column]:
+    """``"artifact<0 status<0 size>2"``-style specs: name, ``<`` left or ``>`` right, drop level;
+    ``_`` stands for a space in a name."""
+    out = []
+    for word in spec.split():
+        for mark, justify in (("<", "left"), (">", "right")):
+            if mark in word:
+                name, level = word.rsplit(mark, 1)
+                out.append(Column(name.replace("_", " "), justify, int(level)))
+    return out
+
+
+SECONDS_NOTE = "total s = this variant's share of the export + quantization + verification"
+
+
+def artifacts_table(artifacts: Iterable[Artifact]) -> Sheet:
     arts = list(artifacts)
     fp32 = {a.format: a.size_bytes for a in arts if a.precision.value == "fp32" and a.size_bytes}
-    t = Table(title="edgekit convert", title_justify="left")
-    for col in ("artifact", "status", "size", "x fp32", "max abs err", "cosine (worst)", "top-1",
-                "metric (delta)", "seconds"):
-        t.add_column(col, justify="left" if col in ("artifact", "status") else "right")
+    t = Sheet("edgekit convert", columns("artifact<0 status<0 size>0 x_fp32>2 max_abs_err>1 cosine_(worst)>1 "
+                                        "top-1>2 metric_(delta)>0 total_s>1"), notes=[SECONDS_NOTE])
     for a in arts:
         v = a.verification
         worst = v.worst() if v else None
         base = fp32.get(a.format)
         metric = v.metric if v else None
-        t.add_row(
-            a.path.name if a.status != "failed" else f"{a.path.name}\n[red]{escape(a.reason or '')}[/]",
-            _status(a.status), human_bytes(a.size_bytes or None),
-            _f(a.size_bytes / base, "{:.2f}x") if base and a.size_bytes else "-",
-            _f(max((o.max_abs_err for o in v.outputs), default=None), "{:.2e}") if v else "-",
-            _f(worst.min_cosine, "{:.6f}") if worst else "-",
-            _f(worst.top1_agreement, "{:.1%}") if worst and worst.top1_agreement is not None else "-",
-            f"{metric['value']:.4f} ({metric['delta']:+.4f})" if metric else "-",
-            _f(a.seconds, "{:.1f}"))
+        t.add(a.path.name, a.status, human_bytes(a.size_bytes or None),
+              num(a.size_bytes / base, "{:.2f}x") if base and a.size_bytes else "-",
+              num(max((o.max_abs_err for o in v.outputs), default=None), "{:.2e}") if v else "-",
+              num(worst.min_cosine, "{:.6f}") if worst else "-",
+              num(worst.top1_agreement, "{:.1%}") if worst and worst.top1_agreement is not None else "-",
+              f"{metric['value']:.4f} ({metric['delta']:+.4f})" if metric else "-",
+              num(a.seconds, "{:.1f}"), reason=a.reason if a.status != "ok" else None)
     return t
 
 
-def bench_table(results: Iterable[BenchResult]) -> Table:
-    t = Table(title="edgekit bench", title_justify="left")
-    cols = ("artifact", "status", "runtime/device", "size", "load ms", "first ms", "p50 ms", "p90 ms",
-            "p99 ms", "mean±std ms", "items/s", "peak RSS MB", "runs")
-    for col in cols:
-        t.add_column(col, justify="left" if col in ("artifact", "status", "runtime/device") else "right")
+def bench_table(results: Iterable[BenchResult]) -> Sheet:
+    t = Sheet("edgekit bench", columns("artifact<0 status<0 runtime/device<1 size>2 load_ms>2 first_ms>2 "
+                                      "p50_ms>0 p90_ms>1 p99_ms>2 mean±std_ms>2 items/s>1 peak_RSS_MB>1 runs>2"))
     for r in results:
         lat = r.latency
-        name = r.artifact.rsplit("/", 1)[-1]
-        t.add_row(
-            name if r.status == "ok" else f"{name}\n[red]{escape(r.reason or '')}[/]", _status(r.status),
-            f"{r.runtime or '-'}/{r.device or '-'}", human_bytes(r.size_bytes), _f(r.load_ms, "{:.1f}"),
-            _f(r.first_ms), _f(lat.p50_ms if lat else None), _f(lat.p90_ms if lat else None),
-            _f(lat.p99_ms if lat else None),
-            f"{lat.mean_ms:.3f}±{lat.std_ms:.3f}" if lat else "-", _f(r.throughput, "{:.1f}"),
-            _f(r.peak_rss_mb, "{:.0f}"), str(lat.runs) if lat else "-")
+        t.add(r.artifact.rsplit("/", 1)[-1], r.status, f"{r.runtime or '-'}/{r.device or '-'}",
+              human_bytes(r.size_bytes), num(r.load_ms, "{:.1f}"), num(r.first_ms),
+              num(lat.p50_ms if lat else None), num(lat.p90_ms if lat else None), num(lat.p99_ms if lat else None),
+              f"{lat.mean_ms:.3f}±{lat.std_ms:.3f}" if lat else "-", num(r.throughput, "{:.1f}"),
+              num(r.peak_rss_mb, "{:.0f}"), str(lat.runs) if lat else "-",
+              reason=r.reason if r.status != "ok" else None)
+    return t
+
+
+def runtimes_table(rows: Iterable[dict[str, Any]], skip_device: str = "auto") -> Sheet:
+    """``edgekit devices``: each runtime, its version, formats and devices, or how to install it."""
+    t = Sheet("runtimes and devices on this machine", columns("runtime<0 version<0 formats<1 devices_(backends)<0"))
+    for r in rows:
+        devs = "; ".join(f"{d} ({', '.join(n)})" for d, n in r["devices"].items() if d != skip_device)
+        t.add(r["runtime"], r["version"] or "not installed", ", ".join(r["formats"]), devs or r["install"] or "-")
     return t
 
 
@@ -87,13 +128,13 @@ def signature_table(sig: Signature, title: str = "signature") -> Table:
         t.add_column(col)
     for kind, specs in (("input", sig.inputs), ("output", sig.outputs)):
         for s in specs:
-            t.add_row(kind, escape(s.name), s.dtype, escape("[" + ", ".join(str(d) for d in s.shape) + "]"),
+            t.add_row(kind, escape(s.name), escape(s.dtype), escape("[" + ", ".join(str(d) for d in s.shape) + "]"),
                       escape(str(list(s.example_shape))) if s.example_shape else "-")
     return t
 
 
 def manifest_table(m: Manifest) -> Table:
-    t = Table(title=f"{m.artifact}", title_justify="left", show_header=False)
+    t = Table(title=escape(m.artifact), title_justify="left", show_header=False)
     t.add_column("key", style="bold")
     t.add_column("value")
     rows: list[tuple[str, Any]] = [
@@ -124,26 +165,22 @@ def manifest_table(m: Manifest) -> Table:
     return t
 
 
-def matrix_table(result: MatrixResult) -> Table:
+def matrix_table(result: MatrixResult) -> Sheet:
     """The format x precision matrix: one row per variant, the PyTorch eager baseline first."""
     from edgekit.matrix import EAGER
 
-    rows = result.rows
-    t = Table(title=f"edgekit matrix: {result.source.get('name')}  ({result.path})", title_justify="left")
-    for col in ("variant", "status", "size", "metric (delta)", "cosine", "p50 ms", "p90 ms", "items/s",
-                "peak RSS MB", "x eager"):
-        t.add_column(col, justify="left" if col in ("variant", "status") else "right")
-    for r in rows:
-        name = r.label + (" [dim](reused)[/]" if r.reused else "")
+    t = Sheet(f"edgekit matrix: {result.source.get('name')}  ({result.path})",
+              columns("variant<0 status<0 size>1 metric_(delta)>0 cosine>2 p50_ms>0 p90_ms>2 items/s>1 "
+                    "peak_RSS_MB>2 x_eager>0"))
+    for r in result.rows:
         metric = f"{r.metric:.4f} ({r.metric_delta:+.4f})" if r.metric is not None and \
-            r.metric_delta is not None else _f(r.metric, "{:.4f}")
-        t.add_row(name if r.status == "ok" else f"{name}\n[red]{escape(r.reason or '')}[/]", _status(r.status),
-                  human_bytes(r.size_bytes), metric, _f(r.cosine, "{:.6f}") if r.format != EAGER else "ref",
-                  _f(r.p50_ms), _f(r.p90_ms), _f(r.throughput, "{:.1f}"), _f(r.peak_rss_mb, "{:.0f}"),
-                  _f(r.speedup_vs_eager, "{:.2f}x"))
-    notes = [f"skipped {s.format}{'/' + s.precision if s.precision else ''}: {escape(s.reason)}"
-             for s in result.skipped]
-    notes.append(f"x eager = PyTorch eager p50 / row p50 (same inputs, same run); converted "
-                 f"{result.converted}, timed {result.benchmarked}, reused {result.reused}")
-    t.caption, t.caption_justify = "\n".join(notes), "left"
+            r.metric_delta is not None else num(r.metric, "{:.4f}")
+        t.add(r.label + (" (reused)" if r.reused else ""), r.status, human_bytes(r.size_bytes), metric,
+              num(r.cosine, "{:.6f}") if r.format != EAGER else "ref", num(r.p50_ms), num(r.p90_ms),
+              num(r.throughput, "{:.1f}"), num(r.peak_rss_mb, "{:.0f}"), num(r.speedup_vs_eager, "{:.2f}x"),
+              reason=r.reason if r.status != "ok" else None)
+    t.notes = [f"skipped {s.format}{'/' + s.precision if s.precision else ''}: {s.reason}"
+               for s in result.skipped]
+    t.notes.append(f"x eager = PyTorch eager p50 / row p50 (same inputs, same run); converted "
+                   f"{result.converted}, timed {result.benchmarked}, reused {result.reused}")
     return t

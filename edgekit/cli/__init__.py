@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 # module in edgekit.cli -> the command it defines (same name)
-COMMANDS = ("convert", "inspect", "run", "bench", "matrix", "devices", "sensitivity", "serve")
+COMMANDS = ("convert", "inspect", "run", "bench", "matrix", "devices", "sensitivity", "serve", "compare")
 
 
 class EdgekitGroup(click.Group):
@@ -56,7 +56,10 @@ def matrix_alias(args: list[str]) -> list[str]:
 
 @click.group(cls=EdgekitGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="edgekit")
-def main() -> None:
+@click.option("-q", "--quiet", is_flag=True, help="Print results only: no progress, notes or hints.")
+@click.option("-v", "--verbose", is_flag=True,
+              help="Let exporters', quantizers' and runtimes' own output and warnings through.")
+def main(quiet: bool = False, verbose: bool = False) -> None:
     """edgekit: convert PyTorch models to edge formats, verify, run and benchmark them.
 
     \b
@@ -67,7 +70,15 @@ def main() -> None:
     edgekit bench out/*.onnx
     edgekit matrix my_hf_dir --eval test.jsonl --out matrix/
     edgekit devices
+    edgekit compare old.json new.json --max-regression 10%
     """
+    import os
+
+    from edgekit.cli._common import Output
+
+    Output.quiet, Output.verbose = quiet, verbose
+    if verbose:  # read by edgekit.quiet.quiet(), here and in the worker processes
+        os.environ["EDGEKIT_VERBOSE"] = "1"
 
 
 def _register() -> None:

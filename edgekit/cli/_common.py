@@ -10,6 +10,8 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
+from rich.text import Text
 
 from edgekit.errors import ConfigError, EdgekitError
 from edgekit.types import Format
@@ -24,10 +26,33 @@ console = make_console()
 err = make_console(stderr=True)
 
 
+class Output:
+    """The group's -q/-v: quiet prints results only (no progress, notes or hints); verbose lets
+    third-party output through (``EDGEKIT_VERBOSE=1``, read by :func:`edgekit.quiet.quiet`)."""
+
+    quiet = False
+    verbose = False
+
+
+def note(message: str, style: str = "dim") -> None:
+    """A line for people on stderr (what happened, what to try next); silent with -q."""
+    if not Output.quiet:
+        err.print(Text(message, style=style), soft_wrap=True)  # whole lines: commands stay copyable
+
+
+def show(obj: Any, fmt: str = "table", wide: bool = False) -> None:
+    """Print a report Sheet or rich table on stdout: fitted in a terminal, plain text in a pipe,
+    or ``--format md|csv``."""
+    from edgekit.cli._table import show as render
+
+    render(obj, console, fmt, wide)
+
+
 def fail(e: EdgekitError) -> None:
-    err.print(f"[bold red]error:[/] {e.problem}", highlight=False)
+    # Text, not markup: "pip install 'edgekit[convert]'" and "[N, 3, 224, 224]" print as written
+    err.print(Text.assemble(("error:", "bold red"), " ", e.problem), highlight=False, soft_wrap=True)
     if e.fix:
-        err.print(f"  [bold]fix:[/] {e.fix}", highlight=False)
+        err.print(Text.assemble("  ", ("fix:", "bold"), " ", e.fix), highlight=False, soft_wrap=True)
     raise SystemExit(e.exit_code)
 
 
@@ -68,7 +93,7 @@ def show_warnings() -> None:
 @contextmanager
 def progress_bar(enabled: bool) -> Iterator[Callable[[str, int, int | None], None] | None]:
     """A rich progress display on stderr; the library reports (task, done, total)."""
-    if not enabled:
+    if not enabled or Output.quiet:
         yield None
         return
     from rich.progress import (
@@ -86,8 +111,8 @@ def progress_bar(enabled: bool) -> Iterator[Callable[[str, int, int | None], Non
         def update(task: str, done: int, total: int | None) -> None:
             key = task.split(" | ")[0]  # "distill | epoch 2/3 loss 0.41": one bar, a changing description
             if key not in tasks:
-                tasks[key] = bar.add_task(task, total=total)
-            bar.update(tasks[key], completed=done, total=total, description=task)
+                tasks[key] = bar.add_task(escape(task), total=total)
+            bar.update(tasks[key], completed=done, total=total, description=escape(task))
 
         yield update
 
@@ -179,6 +204,14 @@ def task_inputs(texts: tuple[str, ...], images: tuple[Path, ...], artifact: Path
         check_input_kind(artifact.name, manifest.task or infer_task(manifest.preprocess),
                          "image" if images else "text")
     return [str(p.expanduser().resolve()) for p in images] if images else list(texts)
+
+
+def table_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--format table|md|csv`` and ``--wide`` for a command that prints a results table."""
+    fn = click.option("--wide", is_flag=True, help="Every column, however wide the terminal.")(fn)
+    return click.option("--format", "fmt", type=click.Choice(["table", "md", "csv"]), default="table",
+                        show_default=True, help="table: fitted to the terminal (plain text when piped); "
+                        "md: a Markdown table; csv: comma separated.")(fn)
 
 
 def checked(ctx: click.Context, param: click.Parameter, value: Any) -> Any:

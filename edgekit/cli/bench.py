@@ -8,11 +8,12 @@ from typing import Any
 import click
 
 from edgekit.cli._common import (
-    console,
     errors,
     parse_dims,
     progress_bar,
     publish,
+    show,
+    table_options,
     task_inputs,
     timing_options,
 )
@@ -21,17 +22,16 @@ from edgekit.cli.devices import on_option, remote
 
 def stages_table(results: list[Any]) -> Any:
     """Per artifact, the p50 of each stage of a task benchmark (--text/--image)."""
-    from rich.table import Table
-
     from edgekit.harness import STAGES
+    from edgekit.report import Column, Sheet
 
-    t = Table(title="end to end, p50 ms per call (all inputs)", title_justify="left")
-    for col in ("artifact", "task", "items", *STAGES, "total"):
-        t.add_column(col, justify="left" if col in ("artifact", "task") else "right")
+    t = Sheet("end to end, p50 ms per call (all inputs)",
+              [Column("artifact", "left"), Column("task", "left", 1), Column("items"),
+               *(Column(s) for s in STAGES), Column("total")])
     for r in results:
         if r.stages and r.latency:
-            t.add_row(r.artifact.rsplit("/", 1)[-1], r.task or "-", str(r.batch),
-                      *(f"{r.stages[s].p50_ms:.3f}" for s in STAGES), f"{r.latency.p50_ms:.3f}")
+            t.add(r.artifact.rsplit("/", 1)[-1], r.task or "-", str(r.batch),
+                  *(f"{r.stages[s].p50_ms:.3f}" for s in STAGES), f"{r.latency.p50_ms:.3f}")
     return t
 
 
@@ -43,20 +43,24 @@ def stages_table(results: list[Any]) -> Any:
 @click.option("--image", "images", multiple=True, type=click.Path(path_type=Path),
               help="Measure the task end to end on this image file (repeatable), preprocessing timed apart.")
 @on_option
+@table_options
 def bench(artifacts: tuple[Path, ...], device: str, runtime: str | None, threads: int | None, batch: int,
           dims: tuple[str, ...], input_path: Path | None, warmup: int, runs: int | None, min_time: float,
           isolated: bool, save_path: Path | None, as_json: bool, texts: tuple[str, ...] = (),
-          images: tuple[Path, ...] = (), on: str | None = None) -> None:
+          images: tuple[Path, ...] = (), on: str | None = None, fmt: str = "table", wide: bool = False) -> None:
     """Benchmark one or more artifacts with the same harness; one table row per artifact.
 
     (``edgekit bench --matrix SRC ...`` still runs ``edgekit matrix SRC ...`` for this release.)
     """
+    from edgekit.compare import artifact_sha256
     from edgekit.harness import SCHEMA, benchmark
+    from edgekit.host import host_info
     from edgekit.report import bench_table
 
     with errors(), remote(on) as place:
         sizes = parse_dims(dims)
         results = []
+        host = host_info() if place is None else None  # a device's rows carry the device's block
         with progress_bar(not as_json) as progress:
             for i, path in enumerate(artifacts):
                 if progress:
@@ -65,10 +69,16 @@ def bench(artifacts: tuple[Path, ...], device: str, runtime: str | None, threads
                                          inputs=input_path, batch=batch, dims=sizes, warmup=warmup,
                                          runs=runs, min_time=min_time, isolated=isolated,
                                          task_inputs=task_inputs(texts, images, path), on=place))
-        payload = {"schema": SCHEMA, "results": [r.to_dict() for r in results]}
+        for r, path in zip(results, artifacts):
+            r.sha256 = r.sha256 or artifact_sha256(path)
+        if host is None:
+            host = next((r.host for r in results if r.host), None)
+        else:
+            host = host_info(since=host)
+        payload = {"schema": SCHEMA, "host": host, "results": [r.to_dict() for r in results]}
         if publish(payload, save_path, as_json):
-            console.print(bench_table(results))
+            show(bench_table(results), fmt, wide)
             if any(r.stages for r in results):
-                console.print(stages_table(results))
+                show(stages_table(results), fmt, wide)
         if any(r.status != "ok" for r in results):
             raise SystemExit(1)

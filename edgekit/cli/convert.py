@@ -8,14 +8,15 @@ from typing import Any
 import click
 
 from edgekit.cli._common import (
-    console,
     converter_options,
     emit_json,
-    err,
     errors,
     fail,
+    note,
     parse_shapes,
     progress_bar,
+    show,
+    table_options,
 )
 from edgekit.errors import EdgekitError
 from edgekit.types import Format, Precision
@@ -23,17 +24,29 @@ from edgekit.types import Format, Precision
 
 def recipe_table(report: dict[str, Any]) -> Any:
     """The stages a recipe ran, each with its metric, drop from the original and gate verdict."""
-    from rich.table import Table
-
     from edgekit.optimize.pipeline import REPORT_COLUMNS, report_rows
+    from edgekit.report import Column, Sheet
 
-    t = Table(title=f"recipe stages ({report.get('status', '-')}; drop from the original on "
-              f"{report.get('data') or 'no evaluation data'})", title_justify="left")
-    for col in REPORT_COLUMNS:
-        t.add_column(col, justify="right" if col in ("drop", "allowed drop") else "left")
+    t = Sheet(f"recipe stages ({report.get('status', '-')}; drop from the original on "
+              f"{report.get('data') or 'no evaluation data'})",
+              [Column(c, "right" if c in ("drop", "allowed drop") else "left") for c in REPORT_COLUMNS])
     for row in report_rows(report):
-        t.add_row(*row[:-1], f"[{'red' if row[-1] == 'FAILED' else 'green'}]{row[-1]}[/]")
+        t.add(*row)
     return t
+
+
+def next_steps(arts: list[Any], out: Path) -> list[str]:
+    """Where the artifacts went and the commands to try on them."""
+    import shlex
+
+    ok = [a.path for a in arts if a.status == "ok"]
+    if not ok:
+        return []
+    shown = " ".join(shlex.quote(str(p)) for p in ok) if len(ok) <= 4 else \
+        " ".join(sorted({shlex.quote(str(out)) + "/*" + p.suffix for p in ok}))
+    return [f"wrote {len(ok)} artifact(s), each with a .edgekit.json manifest, to {out}/",
+            f"next: edgekit bench {shown}",
+            f"      edgekit inspect {shlex.quote(str(ok[-1]))}   (edgekit run ... --input x.npz to run one)"]
 
 
 @click.command()
@@ -66,10 +79,12 @@ def recipe_table(report: dict[str, Any]) -> Any:
               help="Recipe (YAML/JSON): prune -> distill -> quantize -> targets, with an accuracy gate after "
               "each stage (docs/recipes.md). --to/--precision override its targets/precisions.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON on stdout.")
+@table_options
 def convert(source: str | None, targets: str | None, precisions: str | None, calib: Path | None,
             eval_data: Path | None, out: Path, name: str | None, weights: Path | None,
             example: Path | None, shapes: tuple[str, ...], seq_len: int | None,
-            options: tuple[str, ...], keep_going: bool, recipe_path: Path | None, as_json: bool) -> None:
+            options: tuple[str, ...], keep_going: bool, recipe_path: Path | None, as_json: bool,
+            fmt: str = "table", wide: bool = False) -> None:
     """Convert SOURCE and verify every variant against the original.
 
     SOURCE is a Hugging Face model directory, a torch.export .pt2 file, package.module:factory
@@ -93,7 +108,7 @@ def convert(source: str | None, targets: str | None, precisions: str | None, cal
 
             examples = read_npz(example)
         if source is None:
-            err.print("[dim]no SOURCE given: converting the built-in digits CNN (builtin:digits-cnn)[/]")
+            note("no SOURCE given: converting the built-in digits CNN (builtin:digits-cnn)")
         report: dict[str, Any] | None = None
         with progress_bar(not as_json) as progress:
             try:
@@ -120,9 +135,11 @@ def convert(source: str | None, targets: str | None, precisions: str | None, cal
             from edgekit.report import artifacts_table
 
             if arts or report is None:
-                console.print(artifacts_table(arts))
+                show(artifacts_table(arts), fmt, wide)
             if report is not None:
-                console.print(recipe_table(report))
+                show(recipe_table(report), fmt, wide)
+            for line in next_steps(arts, out):
+                note(line)
         if failure is not None:
             fail(failure)
         if any(a.status != "ok" for a in arts):

@@ -8,14 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.markup import escape
 
-from edgekit.cli._common import console, emit_json, errors
+from edgekit.cli._common import console, emit_json, errors, show
 from edgekit.types import Device
 
 
 def local_runtimes(as_json: bool) -> None:
     """Each registered runtime, whether it is installed, and the devices it can use here."""
-    from rich.table import Table
 
     from edgekit.deps import available
     from edgekit.devices.config import load_inventory
@@ -32,14 +32,9 @@ def local_runtimes(as_json: bool) -> None:
     if as_json:
         emit_json({"schema": "edgekit.devices/1", "runtimes": rows, "remote": saved})
         return
-    t = Table(title="runtimes and devices on this machine", title_justify="left")
-    for col in ("runtime", "version", "formats", "devices (backends)"):
-        t.add_column(col)
-    for r in rows:
-        devs = "; ".join(f"[bold]{d}[/] ({', '.join(n)})" for d, n in r["devices"].items() if d != Device.AUTO.value)
-        t.add_row(r["runtime"], r["version"] or "[red]not installed[/]", ", ".join(r["formats"]),
-                  devs or f"[dim]{r['install']}[/]")
-    console.print(t)
+    from edgekit.report import runtimes_table
+
+    show(runtimes_table(rows, skip_device=Device.AUTO.value))  # install hints keep their [extra] brackets
     if saved:
         console.print("saved devices (edgekit devices --on NAME): " + ", ".join(f"[bold]{n}[/] {u}" for n, u in saved.items()))
 
@@ -65,7 +60,7 @@ def remote_info(name: str, as_json: bool) -> None:
     for rt, r in info["runtimes"].items():
         t.add_row(rt, r["version"], ", ".join(r.get("can_use", [])))
     for rt, line in info["missing"].items():
-        t.add_row(rt, "[red]not installed[/]", f"[dim]{line}[/]")
+        t.add_row(rt, "[red]not installed[/]", f"[dim]{escape(line)}[/]")
     console.print(t)
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from edgekit.cli._common import console, emit_json, errors
+from edgekit.cli._common import console, emit_json, errors, show
 
 
 @click.command()
@@ -26,11 +26,11 @@ def inspect(artifact: Path, as_json: bool) -> None:
                 emit_json({"artifact": ref.path.name, "format": ref.format.value, "manifest": None,
                             "signature": sig.to_dict()})
             else:
-                console.print(f"{ref.path.name}: {ref.format.value}, no edgekit manifest")
-                console.print(signature_table(sig))
+                console.print(f"{ref.path.name}: {ref.format.value}, no edgekit manifest", markup=False)
+                show(signature_table(sig))
             return
         if as_json:
             emit_json(ref.manifest.to_dict())
         else:
-            console.print(manifest_table(ref.manifest))
-            console.print(signature_table(ref.manifest.signature))
+            show(manifest_table(ref.manifest))
+            show(signature_table(ref.manifest.signature))

@@ -6,7 +6,16 @@ from pathlib import Path
 
 import click
 
-from edgekit.cli._common import console, err, errors, parse_dims, progress_bar, publish, timing_options
+from edgekit.cli._common import (
+    errors,
+    note,
+    parse_dims,
+    progress_bar,
+    publish,
+    show,
+    table_options,
+    timing_options,
+)
 
 
 @click.command()
@@ -21,10 +30,12 @@ from edgekit.cli._common import console, err, errors, parse_dims, progress_bar, 
 @click.option("--resume", is_flag=True, help="Keep the variants OUT/matrix.json already measured.")
 @click.option("--plot/--no-plot", default=True, show_default=True, help="Write OUT/matrix.png.")
 @timing_options
+@table_options
 def matrix(source: str, targets: str | None, precisions: str | None, calib: Path | None,
            eval_data: Path | None, out: Path, resume: bool, plot: bool, device: str, runtime: str | None,
            threads: int | None, batch: int, dims: tuple[str, ...], input_path: Path | None, warmup: int,
-           runs: int | None, min_time: float, isolated: bool, save_path: Path | None, as_json: bool) -> None:
+           runs: int | None, min_time: float, isolated: bool, save_path: Path | None, as_json: bool,
+           fmt: str = "table", wide: bool = False) -> None:
     """Convert SOURCE to every format x precision that applies, evaluate and time each variant and a
     PyTorch eager baseline: one row per variant (failed ones with the reason), OUT/matrix.json and a plot.
 
@@ -42,10 +53,10 @@ def matrix(source: str, targets: str | None, precisions: str | None, calib: Path
                                 out=out, resume=resume, bench=bench, inputs=input_path, plot=plot,
                                 progress=progress)
         if publish(result.to_dict(), save_path, as_json):
-            console.print(matrix_table(result))
+            show(matrix_table(result), fmt, wide)
             if result.plot_path:
-                console.print(f"plot: {result.plot_path}  results: {result.path}")
+                note(f"plot: {result.plot_path}  results: {result.path}", style="")
             elif result.plot_error:
-                err.print(f"[yellow]no plot:[/] {result.plot_error}", highlight=False)
+                note(f"no plot: {result.plot_error}", style="yellow")
         if result.failed:
             raise SystemExit(1)

@@ -6,8 +6,9 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.markup import escape
 
-from edgekit.cli._common import console, emit_json, err, errors, task_inputs
+from edgekit.cli._common import console, emit_json, errors, note, task_inputs
 from edgekit.cli.devices import on_option, run_on
 
 
@@ -32,7 +33,6 @@ def run_task(m: Any, inputs: list[str], top_k: int, as_json: bool) -> None:
         emit_json({"artifact": str(m.path), "task": task, "latency_ms": ms,
                     "results": [{"input": i, "output": r} for i, r in zip(inputs, rows)]})
         return
-    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title=f"{m.path.name}: {task}", title_justify="left")
@@ -42,7 +42,8 @@ def run_task(m: Any, inputs: list[str], top_k: int, as_json: bool) -> None:
         if isinstance(answer, dict):
             shown = ", ".join(f"{escape(a['label'])} {a['score']:.3f}" for a in answer["top"])
         elif isinstance(answer, np.ndarray):
-            shown = f"[{len(answer)}] " + np.array2string(answer[:6], precision=4) + (" ..." if len(answer) > 6 else "")
+            shown = escape(f"[{len(answer)}] " + np.array2string(answer[:6], precision=4)
+                           + (" ..." if len(answer) > 6 else ""))
         else:
             shown = escape(str(answer))
         table.add_row(escape(item), shown)
@@ -111,17 +112,17 @@ def run(artifact: Path, input_path: Path | None, output_path: Path | None, devic
                         "outputs": summary})
             return
         if input_path is None:
-            err.print("[dim]no --input: ran on inputs synthesized from the signature[/]")
+            note("no --input: ran on inputs synthesized from the signature")
         for name, entry in summary.items():
             if "type" in entry:
                 console.print(f"{name} {entry['type']} of {entry['length']}: {entry['values']}",
                               highlight=False, markup=False)
                 continue
-            console.print(f"[bold]{name}[/] {entry['dtype']}{entry['shape']}")
+            console.print(f"[bold]{escape(name)}[/] {entry['dtype']}{entry['shape']}", highlight=False)
             if "labels" in entry or "argmax" in entry:
-                console.print(f"  argmax: {entry.get('labels', entry.get('argmax'))}")
+                console.print(escape(f"  argmax: {entry.get('labels', entry.get('argmax'))}"), highlight=False)
             if "values" in entry:
                 console.print(f"  {np.array2string(np.asarray(entry['values']), precision=4, threshold=64)}")
         console.print(f"[dim]{ms:.2f} ms (one call, including input checks)[/]")
         if output_path:
-            console.print(f"saved outputs to {output_path}")
+            console.print(escape(f"saved outputs to {output_path}"), highlight=False)

@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.markup import escape
 
-from edgekit.cli._common import console, emit_json, errors, parse_shapes, progress_bar
+from edgekit.cli._common import console, emit_json, errors, parse_shapes, progress_bar, show
 from edgekit.errors import EdgekitError
 from edgekit.types import Format
 
@@ -64,9 +65,9 @@ def sensitivity(source: str | None, mode: str, calib: Path | None, eval_data: Pa
         if as_json:
             emit_json({**report.to_dict(), "exclusions": options})
             return
-        console.print(report)
+        show(report)
         chosen = report.select(**pick)
         if chosen:
-            console.print(f"keep in float: [bold]-O exclude_layers={','.join(chosen)}[/]", highlight=False)
+            console.print(f"keep in float: [bold]-O exclude_layers={escape(','.join(chosen))}[/]", highlight=False)
         for fmt, opts in options.items():
-            console.print(f"  {fmt}: {json.dumps(opts)}", highlight=False, soft_wrap=True)
+            console.print(escape(f"  {fmt}: {json.dumps(opts)}"), highlight=False, soft_wrap=True)

@@ -89,8 +89,11 @@ def matrix(
     require("torch", "convert", "the conversion matrix")  # a runtime-only install has nothing to convert with
     check_data_files(calib=calib, eval_data=eval_data)  # before the source loads
     out_dir = Path(out)
+    from edgekit.host import host_info
+
+    host = host_info()  # before anything runs: the load average a measurement starts from
     src = resolve_source(source, example_inputs, input_names=input_names, output_names=output_names,
-                         dynamic_axes=dynamic_axes, weights=weights, seq_len=seq_len)
+                         dynamic_axes=dynamic_axes, weights=weights, seq_len=seq_len, progress=progress)
     if preprocess:
         from edgekit.sources.module import with_preprocess
 
@@ -102,7 +105,7 @@ def matrix(
     variants, skipped = plan(src, targets, precisions, calibration is not None)
     feed = _feed(src, inputs, settings)
     result = MatrixResult([], skipped, src.describe(), settings,
-                          {k: list(v.shape) for k, v in feed.items()}, out_dir / RESULTS_FILE)
+                          {k: list(v.shape) for k, v in feed.items()}, out_dir / RESULTS_FILE, host=host)
     previous = _previous(result) if resume else {}
     run = _Run(result, [(EAGER, Precision.FP32.value)] + [(v.format.value, v.precision.value)
                                                          for v in variants], progress)
@@ -151,6 +154,10 @@ class _Run:
                 res.plot_path = res.path.with_name(PLOT_FILE)
             except EdgekitError as e:  # the measurements stand without their picture
                 res.plot_error = reason_of(e)
+        if res.host is not None:
+            from edgekit.host import host_info
+
+            res.host = host_info(since=res.host)  # the load average after, and when it finished
         res.complete = True
         _speedups(res.rows)
         write_json_atomic(res.path, res.to_dict())
@@ -215,7 +222,7 @@ def _from_artifact(a: Artifact) -> MatrixRow:
                     metric_name=metric.get("name"), metric=metric.get("value"),
                     metric_reference=metric.get("reference"), metric_delta=metric.get("delta"),
                     metric_higher_is_better=metric.get("higher_is_better"),
-                    cosine=worst.min_cosine if worst else None, build_seconds=round(a.seconds, 3),
+                    cosine=worst.min_cosine if worst else None, build_seconds=round(a.seconds_parts.get("build", a.seconds), 3),
                     route=a.route or None)
     if ok:
         from edgekit.manifest import read_manifest

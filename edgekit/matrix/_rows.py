@@ -139,6 +139,7 @@ class MatrixResult:
     reused: int = 0  # variants taken from a previous run (resume)
     complete: bool = False
     created: str = field(default_factory=now)
+    host: dict[str, Any] | None = None  # edgekit.host.host_info(): the machine, load before and after
 
     @property
     def baseline(self) -> MatrixRow | None:
@@ -149,7 +150,7 @@ class MatrixResult:
         return [r for r in self.rows if r.status != RowStatus.OK]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"schema": SCHEMA, "created": self.created, "complete": self.complete,
+        return {"schema": SCHEMA, "created": self.created, "complete": self.complete, "host": self.host,
                 "source": self.source, "settings": self.settings.to_dict(), "inputs": self.inputs,
                 "counts": {"rows": len(self.rows), "ok": len(self.rows) - len(self.failed),
                            "failed": len(self.failed), "converted": self.converted,

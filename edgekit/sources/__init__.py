@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     import torch
 
     from edgekit.calib import CalibrationSet, EvalSet
+    from edgekit.types import ProgressFn
 
 TokenizeFn = Callable[[Sequence[str]], dict[str, np.ndarray]]
 
@@ -88,8 +89,10 @@ def resolve_source(
     dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
     weights: str | Path | None = None,
     seq_len: int | None = None,
+    progress: ProgressFn | None = None,
 ) -> ModelSource:
-    """Build a :class:`ModelSource` from any supported kind of model reference.
+    """Build a :class:`ModelSource` from any supported kind of model reference; ``progress`` hears
+    about any training a built-in model does.
 
     >>> src = resolve_source("builtin:digits-cnn")  # doctest: +SKIP
     """
@@ -106,7 +109,7 @@ def resolve_source(
     if text.startswith("builtin:"):
         from edgekit.sources.builtin import from_builtin
 
-        return from_builtin(text.split(":", 1)[1])
+        return from_builtin(text.split(":", 1)[1], progress)
     path = Path(text).expanduser()
     if path.is_dir():
         from edgekit.sources.huggingface import from_hf_dir

@@ -12,6 +12,7 @@ import numpy as np
 
 from edgekit.errors import ConfigError
 from edgekit.sources import ModelSource
+from edgekit.types import ProgressFn
 
 DEFAULT = "digits-cnn"
 # scikit-learn's digits are 8x8 counts of ink pixels (0..16, ink high) from 32x32 bitmaps in 4x4
@@ -22,7 +23,10 @@ DIGITS_IMAGE = {"size": [8, 8], "channels": 1, "scale": 1 / 16, "mean": [0.0], "
                 "layout": "NCHW", "resize": None, "crop": None, "resample": "box", "pixel_max": 16.0}
 
 
-def _digits_cnn() -> ModelSource:
+EPOCHS = 12
+
+
+def _digits_cnn(progress: ProgressFn | None = None) -> ModelSource:
     import torch
     from torch import nn
 
@@ -45,11 +49,16 @@ def _digits_cnn() -> ModelSource:
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     xt, yt = torch.from_numpy(x[train]), torch.from_numpy(y[train])
     model.train()
-    for _ in range(12):
+    task = "train builtin digits-cnn"
+    for epoch in range(EPOCHS):
+        if progress:
+            progress(task, epoch, EPOCHS)
         for idx in torch.randperm(len(xt)).split(64):
             opt.zero_grad()
             nn.functional.cross_entropy(model(xt[idx]), yt[idx]).backward()
             opt.step()
+    if progress:
+        progress(task, EPOCHS, EPOCHS)
     model.eval()
     example = x[test[:2]]
     return from_module(
@@ -63,12 +72,13 @@ def _digits_cnn() -> ModelSource:
     )
 
 
-BUILTINS: dict[str, Callable[[], ModelSource]] = {"digits-cnn": _digits_cnn}
+BUILTINS: dict[str, Callable[[ProgressFn | None], ModelSource]] = {"digits-cnn": _digits_cnn}
 
 
-def from_builtin(name: str) -> ModelSource:
-    try:
-        return BUILTINS[name]()
-    except KeyError:
+def from_builtin(name: str, progress: ProgressFn | None = None) -> ModelSource:
+    """The built-in model ``name``; ``progress`` hears about training (task, epoch, epochs)."""
+    factory = BUILTINS.get(name)
+    if factory is None:
         raise ConfigError(f"no built-in model {name!r}",
-                          fix=f"use one of: {', '.join('builtin:' + n for n in BUILTINS)}") from None
+                          fix=f"use one of: {', '.join('builtin:' + n for n in BUILTINS)}")
+    return factory(progress)
