@@ -119,6 +119,7 @@ class RowStatus(StrEnum):
     CRASHED = "crashed"
     TIMEOUT = "timeout"
     CONVERTED = "converted"  # converted, not timed yet (an interrupted run resumes here)
+    DEGRADED = "degraded"  # timed, but its static int8 is short of the accuracy target (see reason)
 
 
 @dataclass(frozen=True)

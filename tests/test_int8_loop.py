@@ -133,3 +133,30 @@ def test_loop_options_are_checked() -> None:
         OnnxOptions(int8_target=2.0)
     with pytest.raises(ConfigError, match="int8_max_size_ratio"):
         OnnxOptions(int8_max_size_ratio=0.5)
+
+
+def test_cli_degraded_exits_0_with_a_warning_and_max_accuracy_drop_uses_eval(calib: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from edgekit.cli import main
+
+    np.savez(tmp_path / "example.npz", pixels=images(4, 0))
+    x = images(32, 7)
+    with torch.no_grad():
+        labels = SeparableNet().eval()(torch.from_numpy(x)).argmax(-1).numpy()  # the float model scores 1.0
+    np.savez(tmp_path / "eval.npz", pixels=x, labels=labels)
+    args = ["convert", "tests.test_int8_loop:SeparableNet", "--example", str(tmp_path / "example.npz"),
+            "--to", "onnx", "--precision", "int8", "--calib", str(calib)]
+    res = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "a"), "-O", "int8_loop=false"])
+    assert res.exit_code == 0, res.output
+    assert "warning: separablenet-int8.onnx is degraded" in res.output.lower() and "fix:" in res.output
+    res = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "b"), "--max-accuracy-drop", "0.02"])
+    assert res.exit_code == 2 and "--eval" in res.output
+    res = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "c"), "--eval", str(tmp_path / "eval.npz"),
+                                    "--max-accuracy-drop", "0.02", "--json"])
+    assert res.exit_code == 0, res.output
+    (art,) = json.loads(res.output[res.output.index("{"):])["artifacts"]
+    assert art["status"] == "ok" and art["verification"]["metric"]["value"] >= 0.98
+    loop = json.loads(Path(art["path"] + ".edgekit.json").read_text())["conversion"]["accuracy_loop"]
+    assert loop["figure"] == "metric_drop" and loop["target"] == 0.02 and loop["met"]
+    assert loop["steps"][0]["value"] > 0.02 and loop["excluded"][0] == "dw0"

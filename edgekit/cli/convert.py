@@ -39,7 +39,7 @@ def next_steps(arts: list[Any], out: Path) -> list[str]:
     """Where the artifacts went and the commands to try on them."""
     import shlex
 
-    ok = [a.path for a in arts if a.status == "ok"]
+    ok = [a.path for a in arts if a.status in ("ok", "degraded")]
     if not ok:
         return []
     shown = " ".join(shlex.quote(str(p)) for p in ok) if len(ok) <= 4 else \
@@ -62,6 +62,10 @@ def next_steps(arts: list[Any], out: Path) -> list[str]:
 @click.option("--eval", "eval_data", type=click.Path(path_type=Path),
               help="Labelled data for an accuracy check of every variant: .npz with the inputs and 'labels', "
               "or .jsonl with {\"text\": ..., \"label\": name or id} per line for a text model.")
+@click.option("--max-accuracy-drop", type=float, default=None,
+              help="With --eval: the largest task-metric drop static int8 may have (0.01 = one accuracy point); "
+              "layers are kept in float until it fits. Default without it: top-1 agreement >= 0.98 "
+              "(-O int8_target=...).")
 @click.option("--out", default="edgekit-out", show_default=True, type=click.Path(path_type=Path),
               help="Output directory; each artifact gets a <file>.edgekit.json manifest beside it.")
 @click.option("--name", help="Base name of the output files (default: the source's name).")
@@ -81,7 +85,7 @@ def next_steps(arts: list[Any], out: Path) -> list[str]:
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON on stdout.")
 @table_options
 def convert(source: str | None, targets: str | None, precisions: str | None, calib: Path | None,
-            eval_data: Path | None, out: Path, name: str | None, weights: Path | None,
+            eval_data: Path | None, max_accuracy_drop: float | None, out: Path, name: str | None, weights: Path | None,
             example: Path | None, shapes: tuple[str, ...], seq_len: int | None,
             options: tuple[str, ...], keep_going: bool, recipe_path: Path | None, as_json: bool,
             fmt: str = "table", wide: bool = False) -> None:
@@ -100,6 +104,13 @@ def convert(source: str | None, targets: str | None, precisions: str | None, cal
 
             recipe = load_recipe(recipe_path)
         formats = Format.parse_list(targets or (list(recipe.targets) if recipe else "onnx"))
+        if max_accuracy_drop is not None:
+            if eval_data is None:
+                raise click.UsageError("--max-accuracy-drop needs --eval (labelled data to measure the drop on)")
+            from edgekit.converters import CONVERTERS
+
+            options = (*options, *(f"{f.value}.max_accuracy_drop={max_accuracy_drop}" for f in formats
+                                   if hasattr(CONVERTERS.get(f).Options, "max_accuracy_drop")))
         if precisions is not None:
             Precision.parse_list(precisions)
         examples: Any = parse_shapes(shapes)
@@ -140,7 +151,10 @@ def convert(source: str | None, targets: str | None, precisions: str | None, cal
                 show(recipe_table(report), fmt, wide)
             for line in next_steps(arts, out):
                 note(line)
+        for a in arts:
+            if a.status == "degraded":  # usable, so exit 0, but never silently
+                note(f"warning: {a.path.name} is degraded: {a.reason}", style="yellow")
         if failure is not None:
             fail(failure)
-        if any(a.status != "ok" for a in arts):
+        if any(a.status not in ("ok", "degraded") for a in arts):
             raise SystemExit(1)

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 RESULTS_FILE = "matrix.json"
 PLOT_FILE = "matrix.png"
+DEGRADED_STAGE = "int8 target"  # MatrixRow.stage of a degraded variant: its reason says what it missed
 
 
 def matrix(
@@ -80,8 +81,7 @@ def matrix(
     >>> res.path  # doctest: +SKIP
     PosixPath('edgekit-matrix/matrix.json')
     """
-    from edgekit.calib import check_data_files, load_calibration, load_eval
-    from edgekit.sources import resolve_source
+    from edgekit.calib import check_data_files
 
     settings = bench or BenchSettings()
     from edgekit.deps import require
@@ -92,17 +92,11 @@ def matrix(
     from edgekit.host import host_info
 
     host = host_info()  # before anything runs: the load average a measurement starts from
-    src = resolve_source(source, example_inputs, input_names=input_names, output_names=output_names,
-                         dynamic_axes=dynamic_axes, weights=weights, seq_len=seq_len, progress=progress)
-    if preprocess:
-        from edgekit.sources.module import with_preprocess
-
-        src = with_preprocess(src, preprocess)
-    calibration = load_calibration(calib, src) if calib is not None else src.calibration
-    evaluation = load_eval(eval_data, src) if eval_data is not None else src.evaluation
-    # one source for every format: data is read and tokenized once, not once per convert call
-    src = dataclasses.replace(src, calibration=calibration, evaluation=evaluation)
-    variants, skipped = plan(src, targets, precisions, calibration is not None)
+    spec = SourceSpec(source, example_inputs, dict(input_names=input_names, output_names=output_names,
+                      dynamic_axes=dynamic_axes, weights=weights, seq_len=seq_len),
+                      preprocess, calib, eval_data)
+    src = spec.resolve(progress)
+    variants, skipped = plan(src, targets, precisions, src.calibration is not None)
     feed = _feed(src, inputs, settings)
     result = MatrixResult([], skipped, src.describe(), settings,
                           {k: list(v.shape) for k, v in feed.items()}, out_dir / RESULTS_FILE, host=host)
@@ -117,13 +111,51 @@ def matrix(
     if ray is not None:  # every row a Ray task; the same rows, JSON and resume
         from edgekit.matrix._ray import run_on_ray
 
-        run_on_ray(run, src, variants, previous, feed, convert_options, address=ray, max_parallel=max_parallel)
+        run_on_ray(run, src, variants, previous, feed, convert_options, address=ray, max_parallel=max_parallel,
+                   spec=spec)
     else:
         for fmt in dict.fromkeys(v.format for v in variants):
             _one_format(run, src, [v for v in variants if v.format is fmt], previous, feed, convert_options)
     _fill_baseline_metric(result, src, evaluator)
     run.finish(plot, f"{src.name}: edgekit matrix")
     return result
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceSpec:
+    """How the matrix's source was asked for, so another process (a Ray worker) can rebuild the
+    same :class:`ModelSource` when the resolved one cannot be pickled (a ``.pt2`` program)."""
+
+    source: Any
+    example_inputs: Any
+    options: dict[str, Any]  # resolve_source keywords
+    preprocess: Mapping[str, Any] | None = None
+    calib: str | Path | None = None
+    eval_data: str | Path | None = None
+
+    def absolute(self) -> SourceSpec:
+        """The same spec with every file path absolute, for a process in another working directory."""
+        def fix(v: Any) -> Any:
+            return str(Path(v).resolve()) if isinstance(v, (str, Path)) and Path(v).exists() else v
+
+        options = {**self.options, "weights": fix(self.options.get("weights"))}
+        return dataclasses.replace(self, source=fix(self.source), options=options, calib=fix(self.calib),
+                                   eval_data=fix(self.eval_data))
+
+    def resolve(self, progress: ProgressFn | None = None) -> ModelSource:
+        """The source with its calibration and evaluation data read (and tokenized) once."""
+        from edgekit.calib import load_calibration, load_eval
+        from edgekit.sources import resolve_source
+
+        src = resolve_source(self.source, self.example_inputs, progress=progress, **self.options)
+        if self.preprocess:
+            from edgekit.sources.module import with_preprocess
+
+            src = with_preprocess(src, self.preprocess)
+        calibration = load_calibration(self.calib, src) if self.calib is not None else src.calibration
+        evaluation = load_eval(self.eval_data, src) if self.eval_data is not None else src.evaluation
+        # one source for every format: data is read and tokenized once, not once per convert call
+        return dataclasses.replace(src, calibration=calibration, evaluation=evaluation)
 
 
 class _Run:
@@ -216,9 +248,11 @@ def _from_artifact(a: Artifact) -> MatrixRow:
     v = a.verification
     metric = (v.metric if v else None) or {}
     worst = v.worst() if v else None
-    ok = a.status is ArtifactStatus.OK
+    # a degraded variant (static int8 short of its accuracy target) is usable: timed, shown as degraded
+    degraded = a.status is ArtifactStatus.DEGRADED
+    ok = a.status is ArtifactStatus.OK or degraded
     row = MatrixRow(a.format.value, a.precision.value, RowStatus.CONVERTED if ok else RowStatus(a.status), a.reason,
-                    None if ok else "convert", artifact=str(a.path), size_bytes=a.size_bytes or None,
+                    DEGRADED_STAGE if degraded else None if ok else "convert", artifact=str(a.path), size_bytes=a.size_bytes or None,
                     metric_name=metric.get("name"), metric=metric.get("value"),
                     metric_reference=metric.get("reference"), metric_delta=metric.get("delta"),
                     metric_higher_is_better=metric.get("higher_is_better"),
@@ -254,7 +288,7 @@ def _time(row: MatrixRow, out_dir: Path, feed: dict[str, np.ndarray], s: BenchSe
                                              r.reason, "bench")
         return
     lat = r.latency
-    row.status = RowStatus.OK
+    row.status = RowStatus.DEGRADED if row.stage == DEGRADED_STAGE else RowStatus.OK
     row.p50_ms, row.p90_ms, row.p99_ms, row.mean_ms, row.std_ms = (
         lat.p50_ms, lat.p90_ms, lat.p99_ms, lat.mean_ms, lat.std_ms)
     row.first_ms, row.load_ms, row.runs = r.first_ms, r.load_ms, lat.runs
@@ -377,7 +411,7 @@ def _previous(result: MatrixResult) -> dict[tuple[str, str], MatrixRow]:
         raise ConfigError(f"cannot resume from {path}: it was measured with other {' and '.join(differs)}",
                           fix="use the same source and options, another --out, or run without --resume")
     rows = [MatrixRow.from_dict(d) for d in data.get("rows", [])]
-    return {r.key: r for r in rows if r.status in (RowStatus.OK, RowStatus.CONVERTED)}
+    return {r.key: r for r in rows if r.status in (RowStatus.OK, RowStatus.CONVERTED, RowStatus.DEGRADED)}
 
 
 def _intact(row: MatrixRow, out_dir: Path) -> bool:
