@@ -23,7 +23,7 @@ from typing import Any
 from edgekit.errors import ConfigError
 
 SCHEMA = "edgekit.compare/1"
-BENCH, MATRIX = "edgekit.bench/1", "edgekit.matrix/1"
+BENCH, MATRIX, MATRIX_SET = "edgekit.bench/1", "edgekit.matrix/1", "edgekit.matrix-set/1"
 
 
 @dataclass(frozen=True)
@@ -109,10 +109,14 @@ def read_points(path: str | Path) -> tuple[list[Point], dict[str, Any] | None]:
         rows = [_bench_point(r) for r in data.get("results", [])]
     elif schema == MATRIX:
         rows = [_matrix_point(r) for r in data.get("rows", [])]
+    elif schema == MATRIX_SET:  # edgekit matrix A B ...: one matrix per source
+        matrices = data.get("matrices", [])
+        rows = [_matrix_point(r, (m.get("source") or {}).get("name")) for m in matrices for r in m.get("rows", [])]
+        data = {"host": next((m.get("host") for m in matrices if m.get("host")), None)}
     else:
         raise ConfigError(f"{p} is not an edgekit bench or matrix result (schema {schema!r})",
-                          fix=f"pass JSON with schema {BENCH} (edgekit bench --save) or {MATRIX} "
-                          "(edgekit matrix's matrix.json)")
+                          fix=f"pass JSON with schema {BENCH} (edgekit bench --save), {MATRIX} "
+                          f"(edgekit matrix's matrix.json) or {MATRIX_SET} (edgekit matrix A B --save)")
     host = data.get("host")
     if host is None:  # bench rows measured on a device carry their own
         host = next((r.get("host") for r in data.get("results", []) if r.get("host")), None)
@@ -125,9 +129,11 @@ def _bench_point(r: Mapping[str, Any]) -> Point:
                  lat.get("p50_ms"), reason=r.get("reason"))
 
 
-def _matrix_point(r: Mapping[str, Any]) -> Point:
+def _matrix_point(r: Mapping[str, Any], source: str | None = None) -> Point:
+    """A matrix row; one without an artifact (the eager baseline, a failed plan) is named
+    ``format/precision``, prefixed with its source's name in a matrix set."""
     art = r.get("artifact")
-    name = Path(art).name if art else f"{r.get('format')}/{r.get('precision')}"
+    name = Path(art).name if art else f"{source + ':' if source else ''}{r.get('format')}/{r.get('precision')}"
     hib = r.get("metric_higher_is_better")
     return Point(name, r.get("artifact_sha256"), r.get("status", "ok"), r.get("p50_ms"), r.get("metric_name"),
                  r.get("metric"), True if hib is None else bool(hib), r.get("reason"))

@@ -75,10 +75,11 @@ def test_every_error_class_keeps_its_brackets_on_the_cli() -> None:
 def test_a_real_error_keeps_its_shape(tmp_path: Path) -> None:
     """edgekit compare on a file that is not a result: the schema names in the fix keep their text."""
     bad = tmp_path / "x.json"
-    bad.write_text(json.dumps({"schema": "edgekit.matrix-set/1", "rows": []}))
+    bad.write_text(json.dumps({"schema": "edgekit.convert/1", "artifacts": []}))  # convert --json, not bench
     res = CliRunner().invoke(main, ["compare", str(bad), str(bad)])
     assert res.exit_code == 2
-    assert "is not an edgekit bench or matrix result (schema 'edgekit.matrix-set/1')" in res.stderr
+    assert "is not an edgekit bench or matrix result (schema 'edgekit.convert/1')" in res.stderr
+    assert "fix: pass JSON with schema edgekit.bench/1 (edgekit bench --save)" in res.stderr
 
 
 def _render(sheet, width: int = 80, wide: bool = False) -> str:
@@ -284,6 +285,18 @@ def test_compare_matrix_metric_direction(tmp_path: Path) -> None:
     assert "perplexity 20.0000 -> 21.0000 (5.0% worse" in c.deltas[1].regressions[0]
     c = compare(base, matrix_file("d.json", 0.85, 20.0), max_regression=0.10, max_metric_drop=0.02)
     assert [d.verdict for d in c.deltas] == ["regressed", "ok"]
+    # edgekit matrix A B --save: a set of matrices, rows without an artifact named by their source
+    sets = []
+    for name, acc in (("set-a.json", 0.90), ("set-b.json", 0.80)):
+        rows = json.loads(matrix_file(name, acc, 20.0).read_text())["rows"]
+        rows.append({"format": "pytorch", "precision": "fp32", "status": "ok", "p50_ms": 2.0})
+        path = tmp_path / name
+        path.write_text(json.dumps({"schema": "edgekit.matrix-set/1",
+                                    "matrices": [{"source": {"name": "m"}, "rows": rows}]}))
+        sets.append(path)
+    c = compare(*sets, max_regression=0.10)
+    assert [(d.name, d.verdict) for d in c.deltas] == [
+        ("m-int8.onnx", "regressed"), ("lm-q4_k_m.gguf", "ok"), ("m:pytorch/fp32", "ok")]
 
 
 def test_compare_threshold_must_be_a_percentage(measured: dict) -> None:

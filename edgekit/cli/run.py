@@ -122,7 +122,8 @@ def run(artifact: Path, input_path: Path | None, output_path: Path | None, devic
             if "labels" in entry or "argmax" in entry:
                 console.print(escape(f"  argmax: {entry.get('labels', entry.get('argmax'))}"), highlight=False)
             if "values" in entry:
-                console.print(f"  {np.array2string(np.asarray(entry['values']), precision=4, threshold=64)}")
+                console.print(f"  {np.array2string(np.asarray(entry['values']), precision=4, threshold=64)}",
+                              markup=False)
         console.print(f"[dim]{ms:.2f} ms (one call, including input checks)[/]")
         if output_path:
             console.print(escape(f"saved outputs to {output_path}"), highlight=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from rich.markup import escape
 
 from edgekit.cli._common import err, errors, parse_kv
 
@@ -56,7 +57,7 @@ def serve(paths: tuple[Path, ...], host: str, port: int, max_batch: int, batch_t
         entries = find_artifacts(paths, allow_unverified=allow_unverified)
         for e in entries:
             if not e.verified:
-                err.print(f"[yellow]warning:[/] {e.ref.path.name} has no manifest: served without a sha256 check")
+                err.print(f"[yellow]warning:[/] {escape(e.ref.path.name)} has no manifest: served without a sha256 check")
         server = Server(entries, config, on_ready=lambda state: _ready(server, state))
         server.bind()
         if host not in ("127.0.0.1", "localhost", "::1"):
