@@ -21,9 +21,8 @@ from click.testing import CliRunner
 from rich.console import Console
 
 import edgekit.errors as errors_module
-from edgekit.cli import main
-from edgekit.cli._common import errors
-from edgekit.cli._table import show
+from edgekit.cli import errors, main
+from edgekit.cli.table import show
 from edgekit.report import bench_table, runtimes_table
 
 EDGEKIT = [sys.executable, "-m", "edgekit"]
@@ -307,7 +306,7 @@ def test_compare_threshold_must_be_a_percentage(measured: dict) -> None:
 
 
 def test_quiet_and_verbose(measured: dict, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
-    from edgekit.cli._common import Output
+    from edgekit.cli import Output
     from edgekit.quiet import quiet
 
     save = str(measured["save"])

@@ -16,6 +16,10 @@ from typing import Any
 
 import click
 
+from edgekit.cli._common import Output, errors
+
+__all__ = ["main", "COMMANDS", "Output", "errors"]  # errors(): the CLI's error path, for plugin commands
+
 # module in edgekit.cli -> the command it defines (same name)
 COMMANDS = ("convert", "inspect", "run", "bench", "matrix", "devices", "sensitivity", "serve", "compare")
 

@@ -43,7 +43,7 @@ def note(message: str, style: str = "dim") -> None:
 def show(obj: Any, fmt: str = "table", wide: bool = False) -> None:
     """Print a report Sheet or rich table on stdout: fitted in a terminal, plain text in a pipe,
     or ``--format md|csv``."""
-    from edgekit.cli._table import show as render
+    from edgekit.cli.table import show as render
 
     render(obj, console, fmt, wide)
 
