@@ -562,11 +562,10 @@ def test_huge_images_are_refused_with_the_pixel_limit(image_clf: Path, tmp_path:
 
 
 # -- text: a lone surrogate is not text a tokenizer can take --------------------------------------
-from tests.test_tasks import clf_dir  # noqa: E402,F401 - the tiny BERT classifier directory fixture
 
 
 @pytest.fixture(scope="module")
-def text_clf(clf_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: F811
+def text_clf(clf_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     (art,) = edgekit.convert(clf_dir, targets=["onnx"], precisions=["fp32"], out=tmp_path_factory.mktemp("txt"))
     return art.path
 
@@ -604,8 +603,7 @@ def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.importorskip("gguf")
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from tests.test_gguf import _save
-    from tests.test_gguf import _tokenizer as bpe_tokenizer
+    from tests.conftest import bpe_tokenizer, save_random_lm
 
     tmp = tmp_path_factory.mktemp("gguf")
     (tmp / "tok").mkdir()
@@ -613,7 +611,7 @@ def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cfg = LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
                       num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128,
                       bos_token_id=1, eos_token_id=2, pad_token_id=2, architectures=["LlamaForCausalLM"])
-    src = _save(LlamaForCausalLM(cfg), tmp / "llama", tmp / "tok")
+    src = save_random_lm(LlamaForCausalLM(cfg), tmp / "llama", tmp / "tok")
     (art,) = edgekit.convert(src, targets=["gguf"], precisions=["f16"], out=tmp / "out", name="lm")
     return art.path
 

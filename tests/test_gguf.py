@@ -25,11 +25,10 @@ pytest.importorskip("tokenizers")
 
 import edgekit  # noqa: E402
 from edgekit.errors import ArtifactError, ConfigError, DeviceUnavailableError, InputError, SourceError  # noqa: E402
+from tests.conftest import CHAT_TEMPLATE, bpe_tokenizer, english_corpus, save_random_lm  # noqa: E402
 
 HIDDEN, LAYERS, HEADS, KV_HEADS, VOCAB, CTX = 256, 2, 4, 2, 512, 512  # 256: rows fit k-quant blocks
 ALL = ["fp32", "fp16", "bf16", "q8_0", "q4_0", "q4_k_m", "q5_k_m", "q6_k"]
-CHAT_TEMPLATE = ("{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}</s>{% endfor %}"
-                 "{% if add_generation_prompt %}<s>assistant:{% endif %}")
 TEXTS = ["The quick brown fox jumps over the lazy dog near the river bank.",
          "In 2024, 1234567 people didn't expect prices of $3.14 to rise again!",
          "  spaces,\ttabs and\n\nnew lines   ", "Caf\u00e9 na\u00efve r\u00e9sum\u00e9 \u00fcber Stra\u00dfe"]
@@ -40,65 +39,10 @@ def _llama_cpp() -> Any:
                                "pip install 'edgekit[llamacpp]'")
 
 
-def _corpus() -> list[str]:
-    """Real English text: gensim's Lee news corpus when installed, else sentences built here."""
-    try:
-        import gensim
-
-        path = Path(gensim.__file__).parent / "test" / "test_data" / "lee_background.cor"
-        lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-        if lines:
-            return lines
-    except ImportError:
-        pass
-    subjects = ["The council", "A small team", "Researchers", "The old bridge", "Farmers", "Our neighbour"]
-    verbs = ["announced", "repaired", "studied", "crossed", "planted", "measured"]
-    objects = ["the new plan", "12 wooden boats", "the river's depth", "3.5 tonnes of wheat",
-               "an unusual comet", "the town's water supply"]
-    return [f"{s} {v} {o} on day {i} of the year, and it's not over yet." for i, (s, v, o) in
-            enumerate((s, v, o) for s in subjects for v in verbs for o in objects)]
-
-
-def _tokenizer(folder: Path) -> Any:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=["<unk>", "<s>", "</s>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(_corpus(), trainer)
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                                   pad_token="</s>")
-    fast.chat_template = CHAT_TEMPLATE
-    fast.save_pretrained(folder)
-    return fast
-
-
-def _save(model: Any, folder: Path, tok_from: Path) -> Path:
-    """Random weights with a spread that gives peaked next-token distributions (top-1 is meaningful)."""
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() > 1:
-                p.normal_(0, 0.08)
-            elif "norm" in name or "ln_" in name:
-                p.uniform_(0.8, 1.2)
-            else:
-                p.normal_(0, 0.02)
-    model.eval().save_pretrained(folder)
-    for f in tok_from.iterdir():
-        if f.name.startswith(("tokenizer", "special_tokens", "chat_template")):
-            (folder / f.name).write_bytes(f.read_bytes())
-    return folder
-
-
 @pytest.fixture(scope="module")
 def tok_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("tok")
-    _tokenizer(folder)
+    bpe_tokenizer(folder)
     return folder
 
 
@@ -110,7 +54,7 @@ def llama_dir(tok_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
                       num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, max_position_embeddings=CTX,
                       rms_norm_eps=1e-5, rope_theta=10000.0, bos_token_id=1, eos_token_id=2, pad_token_id=2,
                       tie_word_embeddings=False, architectures=["LlamaForCausalLM"])
-    return _save(LlamaForCausalLM(cfg), tmp_path_factory.mktemp("tiny_llama"), tok_dir)
+    return save_random_lm(LlamaForCausalLM(cfg), tmp_path_factory.mktemp("tiny_llama"), tok_dir)
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +74,7 @@ def hf_tok(llama_dir: Path) -> Any:
 @pytest.fixture(scope="module")
 def calib(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("calib") / "calib.txt"
-    path.write_text("\n".join(_corpus()[:24]) + "\n", encoding="utf-8")
+    path.write_text("\n".join(english_corpus()[:24]) + "\n", encoding="utf-8")
     return path
 
 
@@ -150,7 +94,7 @@ def _torch_logits(model: Any, ids: list[int]) -> np.ndarray:
 
 
 def _ids(hf_tok: Any) -> list[int]:
-    return list(hf_tok(" ".join(_corpus()[100:103]))["input_ids"][:96])
+    return list(hf_tok(" ".join(english_corpus()[100:103]))["input_ids"][:96])
 
 
 # -- pure writer / reader tests (no llama.cpp needed) ---------------------------------------------
@@ -430,12 +374,12 @@ def test_other_architectures_match_pytorch(family: str, tok_dir: Path, tmp_path:
                                                    num_attention_heads=4, num_key_value_heads=2, attention_bias=True,
                                                    max_position_embeddings=CTX, tie_word_embeddings=True,
                                                    rope_parameters=rope, **small))
-    folder = _save(model, tmp_path / family, tok_dir)
+    folder = save_random_lm(model, tmp_path / family, tok_dir)
     (art,) = edgekit.convert(str(folder), targets=["gguf"], precisions=["fp32"], out=tmp_path / "out")
     hf = tf.AutoModelForCausalLM.from_pretrained(folder).eval()
     from transformers import AutoTokenizer
 
-    ids = list(AutoTokenizer.from_pretrained(folder)(" ".join(_corpus()[:3]))["input_ids"][:200])
+    ids = list(AutoTokenizer.from_pretrained(folder)(" ".join(english_corpus()[:3]))["input_ids"][:200])
     expected = _torch_logits(hf, ids)
     with edgekit.load(art.path, kv_cache="f32") as m:
         got = m.logits(ids)
@@ -454,7 +398,7 @@ def test_sentencepiece_style_tokenizer_with_byte_fallback(tmp_path: Path) -> Non
     tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
                                      decoders.Strip(" ", 1, 0)])
     specials = ["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(256)]
-    tok.train_from_iterator(_corpus(), trainers.BpeTrainer(vocab_size=VOCAB + 256, special_tokens=specials,
+    tok.train_from_iterator(english_corpus(), trainers.BpeTrainer(vocab_size=VOCAB + 256, special_tokens=specials,
                                                            show_progress=False))
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
@@ -463,7 +407,7 @@ def test_sentencepiece_style_tokenizer_with_byte_fallback(tmp_path: Path) -> Non
     cfg = LlamaConfig(vocab_size=len(fast), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=CTX,
                       bos_token_id=1, eos_token_id=2, pad_token_id=2)
-    folder = _save(LlamaForCausalLM(cfg), tmp_path / "spm", tmp_path / "tok")
+    folder = save_random_lm(LlamaForCausalLM(cfg), tmp_path / "spm", tmp_path / "tok")
     (art,) = edgekit.convert(str(folder), targets=["gguf"], precisions=["fp32"], out=tmp_path / "out")
     assert art.verification.passed and art.verification.outputs[0].max_abs_err < 1e-2
     r = gguf.GGUFReader(art.path)

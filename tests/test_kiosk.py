@@ -28,7 +28,7 @@ import pytest
 
 import edgekit
 from tests.chromium import CHROMIUM, TIMEOUT, Chromium
-from tests.test_sources import CALIB_TEXTS, hf_dir  # noqa: F401 (hf_dir: the tiny BERT fixture, by name)
+from tests.conftest import CALIB_TEXTS
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "samples" / "kiosk" / "app.py"

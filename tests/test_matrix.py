@@ -18,7 +18,7 @@ from edgekit.calib import load_eval
 from edgekit.errors import CalibrationError
 from edgekit.matrix import BenchSettings, matrix
 from edgekit.sources import resolve_source
-from tests.test_sources import CALIB_TEXTS, LABELS, hf_dir  # noqa: F401  (hf_dir is a fixture)
+from tests.conftest import CALIB_TEXTS, LABELS
 
 TINY_BENCH = BenchSettings(warmup=1, runs=5, isolated=False)
 ROW_KEYS = {"format", "precision", "status", "reason", "size_bytes", "metric", "metric_delta", "p50_ms",
@@ -234,7 +234,7 @@ def test_cli_matrix_options_belong_to_the_matrix_command(cli_env: tuple[Path, di
 
 
 @pytest.fixture(scope="module")
-def hf_source(hf_dir: Path):  # noqa: F811
+def hf_source(hf_dir: Path):
     return resolve_source(hf_dir)
 
 
@@ -279,7 +279,7 @@ def test_plain_text_eval_and_text_eval_for_a_model_without_tokenizer_are_refused
         load_eval(jsonl, resolve_source(cnn, (torch.randn(1, 3, 16, 16),)))
 
 
-def test_jsonl_eval_gives_the_accuracy_of_the_original(hf_dir: Path, hf_source, tmp_path: Path) -> None:  # noqa: F811
+def test_jsonl_eval_gives_the_accuracy_of_the_original(hf_dir: Path, hf_source, tmp_path: Path) -> None:
     """The labels line up with the texts: the accuracy edgekit measures is transformers' own."""
     from transformers import BertForSequenceClassification
 

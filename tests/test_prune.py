@@ -358,15 +358,16 @@ def test_uniformly_pruned_llama_converts_to_gguf_and_matches(tmp_path) -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from tests import test_gguf as g
+    from tests.conftest import bpe_tokenizer, save_random_lm
 
     tok = tmp_path / "tok"
     tok.mkdir()
-    g._tokenizer(tok)
+    bpe_tokenizer(tok)
     cfg = LlamaConfig(vocab_size=g.VOCAB, hidden_size=g.HIDDEN, intermediate_size=2 * g.HIDDEN,
                       num_hidden_layers=g.LAYERS, num_attention_heads=g.HEADS, num_key_value_heads=g.KV_HEADS,
                       max_position_embeddings=g.CTX, bos_token_id=1, eos_token_id=2, pad_token_id=2,
                       tie_word_embeddings=False, architectures=["LlamaForCausalLM"])
-    original = g._save(LlamaForCausalLM(cfg), tmp_path / "llama", tok)
+    original = save_random_lm(LlamaForCausalLM(cfg), tmp_path / "llama", tok)
     model = LlamaForCausalLM.from_pretrained(original).eval()
     ids = np.random.default_rng(0).integers(3, g.VOCAB, (2, 12))
     res = prune(model, sparsity=0.5, targets=["heads", "ffn"], example_inputs={"input_ids": ids})

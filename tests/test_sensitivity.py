@@ -214,15 +214,15 @@ def llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.importorskip("llama_cpp")
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from tests.test_gguf import _save, _tokenizer
+    from tests.conftest import bpe_tokenizer, save_random_lm
 
     tok = tmp_path_factory.mktemp("tok")
-    _tokenizer(tok)
+    bpe_tokenizer(tok)
     cfg = LlamaConfig(vocab_size=512, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                       bos_token_id=1, eos_token_id=2, pad_token_id=2, tie_word_embeddings=False,
                       architectures=["LlamaForCausalLM"])
-    return _save(LlamaForCausalLM(cfg), tmp_path_factory.mktemp("llama"), tok)
+    return save_random_lm(LlamaForCausalLM(cfg), tmp_path_factory.mktemp("llama"), tok)
 
 
 def test_gguf_keeps_excluded_tensors_at_f16(llama_dir: Path, tmp_path: Path) -> None:

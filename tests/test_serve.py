@@ -24,11 +24,12 @@ import pytest
 
 import edgekit
 from edgekit.errors import ArtifactError
-from tests.test_tasks import TEXTS, _convert, clf_dir, probe_cache  # noqa: F401 (fixtures, by name)
+from tests.conftest import TEXTS, convert_fp32
 
 torch = pytest.importorskip("torch")
 httpclient = pytest.importorskip("tritonclient.http", reason="pip install 'tritonclient[http]'")
 pytest.importorskip("uvicorn", reason="pip install 'edgekit[serve]'")
+pytestmark = pytest.mark.usefixtures("probe_cache")  # LiteRT probe markers in a fresh cache
 
 from edgekit.serve import ServeConfig  # noqa: E402
 from edgekit.serve.registry import find_artifacts  # noqa: E402
@@ -110,8 +111,8 @@ def mlp_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def clf(clf_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: F811
-    return _convert(clf_dir, tmp_path_factory.mktemp("clf_out"), ["onnx"])["onnx"]
+def clf(clf_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return convert_fp32(clf_dir, tmp_path_factory.mktemp("clf_out"), ["onnx"])["onnx"]
 
 
 @pytest.fixture(scope="module")

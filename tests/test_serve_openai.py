@@ -17,20 +17,21 @@ import numpy as np
 import pytest
 
 import edgekit
+from tests.conftest import TEXTS, bpe_tokenizer, convert_fp32, save_random_lm
 from tests.test_serve import TIMEOUT, ThreadServer
-from tests.test_tasks import TEXTS, _convert, emb_dir, probe_cache  # noqa: F401 (fixtures, by name)
 
 openai = pytest.importorskip("openai", reason="pip install openai")
 pytest.importorskip("llama_cpp", reason="pip install 'edgekit[llamacpp]'")
 pytest.importorskip("gguf")
+pytestmark = pytest.mark.usefixtures("probe_cache")  # LiteRT probe markers in a fresh cache
 
 PROMPT = "The council announced"
 MESSAGES = [{"role": "user", "content": "How deep is the river?"}]
 
 
 @pytest.fixture(scope="module")
-def emb(emb_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: F811
-    return _convert(emb_dir, tmp_path_factory.mktemp("emb_out"), ["onnx"])["onnx"]
+def emb(emb_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return convert_fp32(emb_dir, tmp_path_factory.mktemp("emb_out"), ["onnx"])["onnx"]
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +39,6 @@ def lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 1-layer Llama with test_gguf's BPE tokenizer and chat template, as f16 GGUF."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from tests.test_gguf import _save
-    from tests.test_gguf import _tokenizer as bpe_tokenizer
 
     tmp = tmp_path_factory.mktemp("lm")
     (tmp / "tok").mkdir()
@@ -47,7 +46,7 @@ def lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cfg = LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
                       num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
                       bos_token_id=1, eos_token_id=2, pad_token_id=2, architectures=["LlamaForCausalLM"])
-    src = _save(LlamaForCausalLM(cfg), tmp / "llama", tmp / "tok")
+    src = save_random_lm(LlamaForCausalLM(cfg), tmp / "llama", tmp / "tok")
     (art,) = edgekit.convert(src, targets=["gguf"], precisions=["f16"], out=tmp / "out", name="lm")
     return art.path
 

@@ -21,53 +21,9 @@ import edgekit
 from edgekit.cli import main as cli
 from edgekit.errors import CalibrationError, SourceError
 from edgekit.manifest import read_manifest
+from tests.conftest import CALIB_TEXTS, VOCAB
 
-# --------------------------------------------------------------------------------------------
-# A tiny BERT classifier with its own WordPiece tokenizer, saved like save_pretrained() does
-# --------------------------------------------------------------------------------------------
-
-WORDS = ("the a an edgekit exports this sentence to every format second somewhat longer example "
-         "keeps sequence axis dynamic model runs fast on small devices good bad movie film great "
-         "terrible is was not very really plot actors music ending boring fun").split()
-SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-LETTERS = "abcdefghijklmnopqrstuvwxyz"
-VOCAB = SPECIAL + sorted(set(WORDS)) + list(LETTERS + ".,!?") + ["##" + c for c in LETTERS]
-LABELS = {0: "negative", 1: "neutral", 2: "positive"}
-CALIB_TEXTS = [
-    "the movie was good", "a bad film", "edgekit runs fast on small devices",
-    "this sentence is great", "the plot was boring and the ending was terrible",
-    "really fun music, very good actors", "not a great film", "an example sentence!",
-    "the actors were not very good", "was the ending fun?", "small devices run this model",
-    "every format keeps the sequence axis dynamic",
-]
-
-def _tokenizer():
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-    from transformers import BertTokenizerFast
-
-    vocab = {w: i for i, w in enumerate(VOCAB)}
-    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
-    return BertTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
-                             cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
-
-
-@pytest.fixture(scope="module")
-def hf_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from transformers import BertConfig, BertForSequenceClassification
-
-    path = tmp_path_factory.mktemp("hf") / "tiny-bert"
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(VOCAB), hidden_size=32, num_hidden_layers=2,
-                        num_attention_heads=2, intermediate_size=64, num_labels=3,
-                        id2label=LABELS, label2id={v: k for k, v in LABELS.items()})
-    BertForSequenceClassification(config).eval().save_pretrained(path)
-    _tokenizer().save_pretrained(path)
-    return path
+# the tiny BERT classifier (hf_dir) and its vocabulary live in conftest.py
 
 
 @pytest.fixture(scope="module")

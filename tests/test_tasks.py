@@ -24,41 +24,18 @@ import edgekit
 from edgekit.cli import main as cli
 from edgekit.errors import ArtifactError, ConfigError, InputError
 from edgekit.manifest import read_manifest
-from tests.test_sources import LABELS, VOCAB, _tokenizer
+from tests.conftest import LABELS, TEXTS, VOCAB, convert_fp32
 
 pytest.importorskip("tokenizers")
 pytest.importorskip("PIL")
+pytestmark = pytest.mark.usefixtures("probe_cache")  # LiteRT probe markers in a fresh cache
 
 FORMATS = ["onnx", "openvino", "tflite"]
 SUFFIX = {"onnx": ".onnx", "openvino": ".xml", "tflite": ".tflite"}
-TEXTS = ["the movie was good", "a bad film", "the plot was boring and the ending was terrible",
-         "really fun music, very good actors", "not a great film", "was the ending fun?"]
 LONG = " ".join(["the actors were not very good and the music was boring"] * 6)  # past any fixed length
 CNN_LABELS = [f"class-{i}" for i in range(10)]
 MEAN, STD = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
 IMAGE_SPEC = {"size": [16, 16], "channels": 3, "mean": MEAN, "std": STD, "resize": 20, "crop": 16}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def probe_cache(tmp_path_factory: pytest.TempPathFactory):
-    """LiteRT probe markers go to a fresh cache, not the user's."""
-    old = os.environ.get("EDGEKIT_CACHE_DIR")
-    os.environ["EDGEKIT_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
-    yield
-    if old is None:
-        os.environ.pop("EDGEKIT_CACHE_DIR", None)
-    else:
-        os.environ["EDGEKIT_CACHE_DIR"] = old
-
-
-def _convert(source: Any, out: Path, targets: list[str], **kw: Any) -> dict[str, Path]:
-    """fp32 artifacts by format; without an IR conversion, "openvino" is the ONNX file, which the
-    OpenVINO runtime reads too (``_load`` asks for it by name): one export less per model."""
-    arts = edgekit.convert(source, targets=targets, precisions=["fp32"], out=out,
-                           options={"tflite": {"layout": "nhwc"}} if kw.pop("nhwc", False) else None, **kw)
-    assert all(a.status == "ok" for a in arts), [(a.format, a.reason) for a in arts]
-    paths = {a.format.value: a.path for a in arts}
-    return {"openvino": paths["onnx"], **paths}
 
 
 def _load(arts: dict[str, Path], fmt: str, **kw: Any) -> edgekit.Model:
@@ -69,32 +46,10 @@ def _load(arts: dict[str, Path], fmt: str, **kw: Any) -> edgekit.Model:
     return edgekit.load(arts[fmt], **kw)
 
 
-# -- a text classifier (Hugging Face directory with tokenizer.json) ---------------------------
-@pytest.fixture(scope="module")
-def clf_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from transformers import BertConfig, BertForSequenceClassification
-
-    path = tmp_path_factory.mktemp("hf") / "tiny-clf"
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(VOCAB), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, num_labels=3, id2label=LABELS, initializer_range=0.2,
-                        label2id={v: k for k, v in LABELS.items()})
-    model = BertForSequenceClassification(config).eval()
-    tok = _tokenizer()
-    with torch.no_grad():  # a random head gives every text the same label: centre it on these texts
-        pooled = torch.cat([model.bert(**tok(t, return_tensors="pt")).pooler_output for t in TEXTS])
-        mu, w = pooled.mean(0), torch.randn(3, 32)
-        w *= 3.0 / ((pooled - mu) @ w.T).std()
-        model.classifier.weight.copy_(w)
-        model.classifier.bias.copy_(-w @ mu)
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
-
-
+# -- a text classifier (Hugging Face directory with tokenizer.json: conftest.clf_dir) -----------
 @pytest.fixture(scope="module")
 def clf(clf_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return _convert(clf_dir, tmp_path_factory.mktemp("clf_out"), FORMATS)
+    return convert_fp32(clf_dir, tmp_path_factory.mktemp("clf_out"), FORMATS)
 
 
 def _hf_probs(path: Path, texts: list[str], max_length: int = 512) -> np.ndarray:
@@ -160,34 +115,10 @@ def test_a_fixed_shape_artifact_gets_fixed_batches(clf: dict[str, Path]) -> None
     np.testing.assert_allclose([r["score"] for r in got], [r["score"] for r in want], atol=1e-4)
 
 
-# -- an embedding model (sentence-transformers layout, vocab.txt only) ------------------------
-@pytest.fixture(scope="module")
-def emb_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A BertModel saved the way sentence-transformers lays it out, with no tokenizer.json: the
-    conversion has to write one from vocab.txt."""
-    from transformers import BertConfig, BertModel
-
-    path = tmp_path_factory.mktemp("hf") / "tiny-st"
-    torch.manual_seed(1)
-    config = BertConfig(vocab_size=len(VOCAB), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64)
-    BertModel(config).eval().save_pretrained(path)
-    _tokenizer().save_pretrained(path)
-    (path / "tokenizer.json").unlink()
-    (path / "vocab.txt").write_text("\n".join(VOCAB) + "\n", encoding="utf-8")
-    (path / "1_Pooling").mkdir()
-    (path / "1_Pooling" / "config.json").write_text(json.dumps(
-        {"word_embedding_dimension": 32, "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True}))
-    (path / "modules.json").write_text(json.dumps([
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}]))
-    return path
-
-
+# -- an embedding model (sentence-transformers layout, vocab.txt only: conftest.emb_dir) -------
 @pytest.fixture(scope="module")
 def emb(emb_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return _convert(emb_dir, tmp_path_factory.mktemp("emb_out"), ["onnx", "tflite"])
+    return convert_fp32(emb_dir, tmp_path_factory.mktemp("emb_out"), ["onnx", "tflite"])
 
 
 def _hf_embeddings(path: Path, texts: list[str]) -> np.ndarray:
@@ -247,9 +178,9 @@ def test_pooling_is_read_from_the_sentence_transformers_config(tmp_path: Path) -
 # -- an image classifier (nn.Module + preprocess=...) -----------------------------------------
 @pytest.fixture(scope="module")
 def img(cnn: torch.nn.Module, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return _convert(cnn, tmp_path_factory.mktemp("img_out"), ["onnx", "tflite"], example_inputs=(torch.randn(2, 3, 16, 16),),
-                    name="cnn", output_names=["logits"], nhwc=True,
-                    preprocess={"id2label": CNN_LABELS, "image": IMAGE_SPEC})
+    return convert_fp32(cnn, tmp_path_factory.mktemp("img_out"), ["onnx", "tflite"],
+                        example_inputs=(torch.randn(2, 3, 16, 16),), name="cnn", output_names=["logits"],
+                        nhwc=True, preprocess={"id2label": CNN_LABELS, "image": IMAGE_SPEC})
 
 
 def _photos(tmp_path: Path) -> list[Path]:
@@ -392,8 +323,7 @@ def test_generate_is_the_same_entry_point_on_gguf(tmp_path: Path) -> None:
     pytest.importorskip("gguf")
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from tests.test_gguf import _save
-    from tests.test_gguf import _tokenizer as bpe_tokenizer
+    from tests.conftest import bpe_tokenizer, save_random_lm
 
     tok = tmp_path / "tok"
     tok.mkdir()
@@ -401,7 +331,7 @@ def test_generate_is_the_same_entry_point_on_gguf(tmp_path: Path) -> None:
     cfg = LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
                       num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128,
                       bos_token_id=1, eos_token_id=2, pad_token_id=2, architectures=["LlamaForCausalLM"])
-    src = _save(LlamaForCausalLM(cfg), tmp_path / "llama", tok)
+    src = save_random_lm(LlamaForCausalLM(cfg), tmp_path / "llama", tok)
     (art,) = edgekit.convert(src, targets=["gguf"], precisions=["f16"], out=tmp_path / "out", name="lm")
     with edgekit.load(art.path, n_ctx=128) as m:
         assert isinstance(m, edgekit.Model)

@@ -12,7 +12,6 @@ broken route: the wrong static route for these transformers lands at 0.63-0.74 (
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -26,25 +25,13 @@ import edgekit
 from edgekit.cli import main as cli
 from edgekit.errors import ArtifactError, DeviceUnavailableError, InputError, RuntimeFailure
 from edgekit.manifest import read_manifest
-from tests.conftest import install_runtime_plugin, text_batch
-from tests.test_sources import CALIB_TEXTS, LABELS, VOCAB, _tokenizer
+from tests.conftest import CALIB_TEXTS, install_runtime_plugin, text_batch
 
 pytest.importorskip("litert_torch")
 pytest.importorskip("ai_edge_litert")
+pytestmark = pytest.mark.usefixtures("probe_cache")  # LiteRT probe markers in a fresh cache
 
 FLOORS = {"int8-dynamic": {"min_cosine": 0.99, "top1": 1.0}, "int8": {"min_cosine": 0.98, "top1": 0.9}}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def probe_cache(tmp_path_factory: pytest.TempPathFactory):
-    """Probe markers go to a fresh cache, not the user's."""
-    old = os.environ.get("EDGEKIT_CACHE_DIR")
-    os.environ["EDGEKIT_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
-    yield Path(os.environ["EDGEKIT_CACHE_DIR"])
-    if old is None:
-        os.environ.pop("EDGEKIT_CACHE_DIR", None)
-    else:
-        os.environ["EDGEKIT_CACHE_DIR"] = old
 
 
 @pytest.fixture(scope="module")
@@ -78,33 +65,19 @@ def enc_tfl(encoder: torch.nn.Module, tmp_path_factory: pytest.TempPathFactory) 
 
 
 @pytest.fixture(scope="module")
-def bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from transformers import BertConfig, BertForSequenceClassification
-
-    path = tmp_path_factory.mktemp("hf") / "tiny-bert"
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(VOCAB), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, num_labels=3, id2label=LABELS,
-                        label2id={v: k for k, v in LABELS.items()})
-    BertForSequenceClassification(config).eval().save_pretrained(path)
-    _tokenizer().save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def bert_tfl(bert_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def bert_tfl(hf_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     tmp = tmp_path_factory.mktemp("bert_tfl")
     calib = tmp / "calib.txt"
     calib.write_text("\n".join(CALIB_TEXTS) + "\n", encoding="utf-8")
-    arts = edgekit.convert(bert_dir, targets=["tflite"], precisions=["fp32", "int8-dynamic", "int8"],
+    arts = edgekit.convert(hf_dir, targets=["tflite"], precisions=["fp32", "int8-dynamic", "int8"],
                            calib=calib, out=tmp / "out", seq_len=32)
     return {a.precision.value: a for a in arts}
 
 
-def _bert_logits(bert_dir: Path, feed: dict[str, np.ndarray]) -> np.ndarray:
+def _bert_logits(hf_dir: Path, feed: dict[str, np.ndarray]) -> np.ndarray:
     from transformers import BertForSequenceClassification
 
-    model = BertForSequenceClassification.from_pretrained(bert_dir).eval()
+    model = BertForSequenceClassification.from_pretrained(hf_dir).eval()
     with torch.inference_mode():
         return model(**{k: torch.from_numpy(v) for k, v in feed.items()}).logits.numpy()
 
@@ -163,13 +136,13 @@ def test_manifest_records_static_shapes_plan_and_route(bert_tfl: dict) -> None:
 
 
 # -- runtime ----------------------------------------------------------------------------------
-def test_any_batch_and_shorter_sequences_run_like_transformers(bert_tfl: dict, bert_dir: Path) -> None:
+def test_any_batch_and_shorter_sequences_run_like_transformers(bert_tfl: dict, hf_dir: Path) -> None:
     from transformers import AutoTokenizer
 
     texts = ["fun", "the ending was boring, not very good and really not fun at all!", "a great film"]
-    enc = AutoTokenizer.from_pretrained(bert_dir)(texts, padding=True, return_tensors="np")
+    enc = AutoTokenizer.from_pretrained(hf_dir)(texts, padding=True, return_tensors="np")
     feed = {k: v.astype(np.int64) for k, v in enc.items()}
-    want = _bert_logits(bert_dir, feed)
+    want = _bert_logits(hf_dir, feed)
     with edgekit.load(bert_tfl["fp32"].path, threads=2) as m:
         got = m.run(feed)["logits"]
         assert got.shape == (3, 3)
