@@ -34,6 +34,10 @@ class EdgekitGroup(click.Group):
         from edgekit.cli._common import show_warnings
 
         show_warnings()  # before the command's options are parsed: --threads may warn
+        from edgekit.quiet import hush_known_noise
+
+        if not ctx.params.get("verbose"):
+            hush_known_noise()  # torchao/_pytree import chatter
         return super().invoke(ctx)
 
 

@@ -114,7 +114,7 @@ def resolve_source(
     if path.is_dir():
         from edgekit.sources.huggingface import from_hf_dir
 
-        return from_hf_dir(path, seq_len=seq_len)
+        return from_hf_dir(path, seq_len=seq_len, example_inputs=example_inputs)
     if path.suffix == ".pt2":
         if not path.is_file():
             raise ArtifactError(f"no such file: {path}", fix="check the path to the .pt2 file")

@@ -94,14 +94,22 @@ def _tokenizer(path: Path) -> Any | None:
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except Exception as e:
         raise SourceError(f"the tokenizer in {path} could not be loaded: {e}",
                           fix="check tokenizer.json / tokenizer_config.json") from e
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        # GPT-2, Llama, Mistral ship without one; their users pad with EOS (masked out), as here
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
-def from_hf_dir(path: Path, *, seq_len: int | None = None) -> ModelSource:
-    """Load a Hugging Face directory offline and describe it as a :class:`ModelSource`."""
+def from_hf_dir(path: Path, *, seq_len: int | None = None, example_inputs: Any = None) -> ModelSource:
+    """Load a Hugging Face directory offline and describe it as a :class:`ModelSource`.
+
+    ``example_inputs`` (``--shape pixel_values=1x3x32x32``) sets an image model's example size;
+    else ``config.image_size``, else 224. Height and width stay dynamic where the network runs
+    at other sizes (fully convolutional with adaptive pooling)."""
     from edgekit.deps import require
 
     require("transformers", "convert", "loading Hugging Face models")
@@ -124,10 +132,7 @@ def from_hf_dir(path: Path, *, seq_len: int | None = None) -> ModelSource:
     assets = [path / f for f in TOKENIZER_FILES + PREPROCESSOR_FILES if (path / f).is_file()]
     tokenizer = None if task in IMAGE_TASKS else _tokenizer(path)
     if task in IMAGE_TASKS:
-        c, s = getattr(config, "num_channels", 3), getattr(config, "image_size", 224)
-        examples = {"pixel_values": np.random.default_rng(0).standard_normal((2, c, s, s))
-                    .astype(np.float32)}
-        axes = {"pixel_values": {0: "batch"}}
+        examples, axes = _image_examples(model, config, example_inputs)
     else:
         examples = _text_examples(model, config, tokenizer, seq_len)
         axes = {n: {0: "batch", 1: "sequence"} for n in examples}
@@ -161,24 +166,78 @@ def _text_examples(model: Any, config: Any, tokenizer: Any, seq_len: int | None
     import inspect
 
     accepted = set(inspect.signature(model.forward).parameters)
+    # segment ids matter when the model takes them and has more than one segment type, whatever the
+    # tokenizer lists (many pair classifiers' tokenizer_config.json leave them out): as Optimum does
+    segments = "token_type_ids" in accepted and getattr(config, "type_vocab_size", 0) > 1
     if tokenizer is not None:
-        enc = tokenizer(list(EXAMPLE_TEXTS), padding=True, truncation=True,
-                        max_length=seq_len or 128, return_tensors="np")
+        texts = list(EXAMPLE_TEXTS)
+        if tokenizer.pad_token is None:  # no pad and no EOS: equal lengths, so nothing needs padding
+            shortest = min(len(tokenizer(t)["input_ids"]) for t in texts)
+            enc = tokenizer(texts, truncation=True, max_length=min(seq_len or 128, shortest),
+                            return_token_type_ids=segments or None, return_tensors="np")
+        else:
+            enc = tokenizer(texts, padding=True, truncation=True, max_length=seq_len or 128,
+                            return_token_type_ids=segments or None, return_tensors="np")
         names = [n for n in tokenizer.model_input_names if n in accepted and n in enc]
+        if segments and "token_type_ids" not in names:
+            names.append("token_type_ids")
         return {n: enc[n].astype(np.int64) for n in names}
     vocab = int(getattr(config, "vocab_size", 1000))
     length = min(seq_len or 16, 16)
     ids = np.random.default_rng(0).integers(0, vocab, size=(2, length), dtype=np.int64)
     examples = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
-    if "token_type_ids" in accepted and getattr(config, "type_vocab_size", 0) > 1:
+    if segments:
         examples["token_type_ids"] = np.zeros_like(ids)
     return examples
 
 
 def _make_tokenize(tokenizer: Any, names: Sequence[str], max_length: int) -> Any:
+    segments = "token_type_ids" in names or None
+    pad = "max_length" if tokenizer.pad_token is not None else False
+
     def tokenize(texts: Sequence[str]) -> dict[str, np.ndarray]:
-        enc = tokenizer(list(texts), padding="max_length", truncation=True,
-                        max_length=max_length, return_tensors="np")
-        return {n: enc[n].astype(np.int64) for n in names}
+        if pad:
+            enc = tokenizer(list(texts), padding=pad, truncation=True, max_length=max_length,
+                            return_token_type_ids=segments, return_tensors="np")
+            return {n: enc[n].astype(np.int64) for n in names}
+        # no pad token and no EOS: cut every sample to the shortest, which needs no padding
+        rows = [tokenizer(t, truncation=True, max_length=max_length, return_token_type_ids=segments)
+                for t in texts]
+        size = min(len(r["input_ids"]) for r in rows)
+        return {n: np.asarray([r[n][:size] for r in rows], dtype=np.int64) for n in names}
 
     return tokenize
+
+
+def _image_examples(model: Any, config: Any, given: Any) -> tuple[dict[str, np.ndarray],
+                                                                    dict[str, dict[int, str]]]:
+    """Example pixels at the ``--shape`` size, else ``config.image_size``, else 224; height and width
+    dynamic when the network gives same-shaped outputs at two other sizes (adaptive pooling)."""
+    import torch
+
+    c = int(getattr(config, "num_channels", 3))
+    shape = None
+    if isinstance(given, dict) and given.get("pixel_values") is not None:
+        shape = tuple(np.asarray(given["pixel_values"]).shape)
+        if len(shape) != 4 or shape[1] != c:
+            raise SourceError(f"--shape pixel_values={'x'.join(map(str, shape))} does not fit an image model "
+                              f"with {c} channels", fix=f"write --shape pixel_values=1x{c}xHEIGHTxWIDTH")
+    size = getattr(config, "image_size", None) or 224
+    size = size if isinstance(size, (list, tuple)) else (size, size)
+    h, w = (shape[2], shape[3]) if shape else (int(size[0]), int(size[1]))
+    examples = {"pixel_values": np.random.default_rng(0).standard_normal((2, c, h, w)).astype(np.float32)}
+    axes: dict[str, dict[int, str]] = {"pixel_values": {0: "batch"}}
+
+    def out_shape(ph: int, pw: int) -> tuple | None:
+        try:
+            with torch.inference_mode():
+                out = model(torch.zeros(1, c, ph, pw))
+        except Exception:  # the network fixes its input size (e.g. a ViT position table)
+            return None
+        first = out[0] if isinstance(out, (tuple, list)) else next(iter(out.values()))
+        return tuple(first.shape)
+
+    base = out_shape(h, w)
+    if base is not None and out_shape(h + 16, w + 32) == base and out_shape(max(h // 2, 8), w) == base:
+        axes["pixel_values"].update({2: "height", 3: "width"})
+    return examples, axes
