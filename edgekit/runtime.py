@@ -107,7 +107,8 @@ class Model(ABC):
         self.threads = threads
         self.options = options
         self._closed = False
-        self._turns = None if self.concurrent else threading.Lock()
+        # reentrant: a backend's own public helpers (llama.cpp's logits, generate) take it too
+        self._turns = None if self.concurrent else threading.RLock()
         native = self._open()
         self._signature = _merge_signature(native, self.manifest)
         self._check = InputChecker(self._signature)

@@ -94,6 +94,46 @@ def test_every_backend_is_bit_identical_from_8_threads(fmt: str, arts: dict[str,
         np.testing.assert_array_equal(got[t], want, err_msg=f"thread {t}")
 
 
+@pytest.mark.slow
+def test_a_gguf_model_is_bit_identical_from_8_threads(tmp_path: Path) -> None:
+    """llama.cpp has one context per model: run() and logits() take turns."""
+    pytest.importorskip("llama_cpp")
+    pytest.importorskip("gguf")
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tests.conftest import bpe_tokenizer, save_random_lm
+
+    (tmp_path / "tok").mkdir()
+    bpe_tokenizer(tmp_path / "tok")
+    cfg = LlamaConfig(vocab_size=512, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
+                      bos_token_id=1, eos_token_id=2, pad_token_id=2, architectures=["LlamaForCausalLM"])
+    src = save_random_lm(LlamaForCausalLM(cfg), tmp_path / "llama", tmp_path / "tok")
+    (art,) = edgekit.convert(src, targets=["gguf"], precisions=["fp32"], out=tmp_path / "out", name="lm")
+    ids = np.random.default_rng(2).integers(3, 512, (CALLS, 1, 3)).astype(np.int64)
+    with edgekit.load(art.path, threads=1) as m:
+        want = np.stack([m.run(input_ids=x)["logits"] for x in ids])
+        got = np.zeros((THREADS, *want.shape), np.float32)
+        errors: list[BaseException] = []
+
+        def work(t: int) -> None:
+            try:
+                for k in range(CALLS):
+                    i = (k + t * CALLS // THREADS) % CALLS
+                    got[t, i] = m.run(input_ids=ids[i])["logits"] if k % 2 else m.logits(ids[i][0])[None]
+            except BaseException as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=work, args=(t,)) for t in range(THREADS)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(timeout=300)
+    assert not errors, f"{len(errors)} threads failed, first: {errors[0]!r}"
+    for t in range(THREADS):
+        np.testing.assert_array_equal(got[t], want, err_msg=f"thread {t}")
+
+
 # -- 2. shapes checked against the manifest for every runtime ---------------------------------------
 @pytest.mark.parametrize("fmt", list(FORMATS))
 def test_wrong_fixed_size_is_refused_by_every_runtime(fmt: str, arts: dict[str, Path]) -> None:

@@ -60,7 +60,7 @@ def ensure_probed(path: Path, *, runtime: str, version: str | None, device: str,
                   threads: int | None, options: Mapping[str, Any], timeout: float) -> str:
     """Probe ``path`` unless a marker says it ran here before. Returns ``"cached"``, ``"ok"`` or
     ``"error"`` (the child failed without crashing); raises :class:`RuntimeFailure` on a crash."""
-    from edgekit.fsutil import sha256_file
+    from edgekit.integrity import file_sha256
     from edgekit.isolation import run_isolated
 
     context = _context(runtime, version, device, options)
@@ -69,7 +69,7 @@ def ensure_probed(path: Path, *, runtime: str, version: str | None, device: str,
     fast = folder / f"stat-{_key(path.resolve(), st.st_size, st.st_mtime_ns, st.st_ino, context)}"
     if fast.exists():
         return "cached"
-    digest = sha256_file(path)
+    digest = file_sha256(path)  # the hash load() checked against the manifest, computed once
     slow = folder / f"ok-{_key(digest, st.st_size, context)}"
     probed = not slow.exists()
     if probed:

@@ -225,15 +225,16 @@ class LlamaCppModel(Model):
         ids = np.asarray(tokens, dtype=np.int64).reshape(-1)
         self._check_tokens(ids)
         out = np.empty((ids.size, self.n_vocab), dtype=np.float32)
-        self._clear()
-        try:
-            for start in range(0, ids.size, self.n_batch):
-                chunk = ids[start:start + self.n_batch]
-                self._decode(chunk, start, all_logits=True)
-                ptr = self._llama_cpp.llama_get_logits(self._ctx)
-                out[start:start + chunk.size] = np.ctypeslib.as_array(ptr, shape=(chunk.size, self.n_vocab))
-        finally:
+        with self._turns:  # one llama.cpp context: calls from several threads take turns
             self._clear()
+            try:
+                for start in range(0, ids.size, self.n_batch):
+                    chunk = ids[start:start + self.n_batch]
+                    self._decode(chunk, start, all_logits=True)
+                    ptr = self._llama_cpp.llama_get_logits(self._ctx)
+                    out[start:start + chunk.size] = np.ctypeslib.as_array(ptr, shape=(chunk.size, self.n_vocab))
+            finally:
+                self._clear()
         return out
 
     def _check_tokens(self, ids: np.ndarray) -> None:
@@ -310,7 +311,10 @@ class LlamaCppModel(Model):
         chunks = self._llm.create_completion(prompt, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
                                              top_k=top_k, stop=_stops(stop), seed=self._seed(seed), stream=True)
         pieces = (c["choices"][0]["text"] for c in _context_checked(chunks))
-        return pieces if stream else "".join(pieces)
+        if stream:  # (a stream is consumed by one thread; a server runs one generation at a time)
+            return pieces
+        with self._turns:
+            return "".join(pieces)
 
     def chat(self, messages: Sequence[Mapping[str, str]], max_tokens: int = 256, *, temperature: float = 0.8,
              top_p: float = 0.95, top_k: int = 40, stop: str | Sequence[str] | None = None,
@@ -330,7 +334,10 @@ class LlamaCppModel(Model):
                                                   temperature=temperature, top_p=top_p, top_k=top_k,
                                                   stop=_stops(stop), seed=self._seed(seed), stream=True)
         pieces = (c["choices"][0]["delta"].get("content") or "" for c in _context_checked(chunks))
-        return pieces if stream else "".join(pieces)
+        if stream:  # (a stream is consumed by one thread; a server runs one generation at a time)
+            return pieces
+        with self._turns:
+            return "".join(pieces)
 
     def _seed(self, seed: int | None) -> int:
         return self._opts.seed if seed is None else seed
