@@ -63,10 +63,11 @@ def local_bench(model: Path, **opts: object) -> object:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--runs", type=int, default=200)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--width", type=int, default=2120)
+    ap.add_argument("--width", type=int, default=1120, help="timed model: 5 x 1120^2 fp32 (25 MB), a few ms")
+    ap.add_argument("--push-width", type=int, default=2120, help="pushed model: 5 x 2120^2 fp32 (90 MB)")
     ap.add_argument("--layers", type=int, default=5)
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "remote_overhead.json"))
     args = ap.parse_args()
@@ -80,13 +81,14 @@ def main() -> None:
         tmp = Path(t)
         os.environ["XDG_CONFIG_HOME"] = str(tmp / "config")
         model = mlp(tmp / "mlp.onnx", args.width, args.layers)
-        size = model.stat().st_size
+        big = mlp(tmp / "mlp-push.onnx", args.push_width, args.layers)
+        size, timed = big.stat().st_size, model.stat().st_size
         with sd.sshd(tmp / "sshd") as srv:
             spec = parse_target(srv.url, name="loopback", identity=str(srv.user_key),
                                 python=str(sd.device_venv()), workdir=str(tmp / "device"))
             dev = Device(spec, accept_new_host_key=True)
             setup(dev, plan(dev, "onnxruntime", wheel=sd.edgekit_wheel(), offline=True), timeout=600)
-            b = bundle(model)
+            b = bundle(big)
             first = push(dev, b)
             second = push(dev, b)
             local, remote, ratios = [], [], []
@@ -107,9 +109,12 @@ def main() -> None:
                 print(f"round {r}: local p50 {pair['local']:.3f} ms, remote p50 {pair['remote']:.3f} ms", flush=True)
             dev.close()
     result = {
-        "artifact_mb": round(size / 1e6, 1), "threads": args.threads, "rounds": args.rounds, "runs": args.runs,
+        "timed_mb": round(timed / 1e6, 1), "pushed_mb": round(size / 1e6, 1), "threads": args.threads,
+        "rounds": args.rounds, "runs": args.runs,
         "local_p50_ms": round(statistics.median(local), 3), "remote_p50_ms": round(statistics.median(remote), 3),
         "p50_ratio_remote_over_local": round(statistics.median(ratios), 3),
+        "ratio_of_medians": round(statistics.median(remote) / statistics.median(local), 3),
+        "round_ratios": [round(r, 3) for r in ratios],
         "push_first_s": round(first.seconds, 2), "push_first_mb": round(first.sent_bytes / 1e6, 1),
         "push_second_s": round(second.seconds, 2), "push_second_bytes": second.sent_bytes,
         "cpu": host.get("cpu_model"), "cores": host.get("cores"), "measured": time.strftime("%Y-%m-%d"),

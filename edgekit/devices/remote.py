@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgekit.devices.config import DeviceSpec, resolve
 from edgekit.devices.ssh import SSHLink
-from edgekit.errors import RemoteDeviceError
+from edgekit.errors import ConfigError, RemoteDeviceError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -149,6 +149,9 @@ class Device:
         """:func:`edgekit.benchmark` on the device; a crash, timeout or broken link is a failed row."""
         from edgekit.harness import BenchResult
 
+        if any(Path(str(t)).is_file() for t in options.get("task_inputs") or []):
+            raise ConfigError("image files cannot be benchmarked on a device yet (they are not pushed)",
+                              fix="benchmark with --text, or with an --input .npz of the preprocessed tensors")
         b = self._ready(path, runtime)
         job = {**b.job(self.spec.workdir), "name": self.name, "timeout": timeout,
                "options": {"runtime": runtime, **options}}
