@@ -113,10 +113,10 @@ def setup(name: str, runtime: str, wheel: Path | None, offline: bool, yes: bool)
 
     with errors(), connect(name) as dev:
         p = plan(dev, runtime, wheel=wheel, offline=offline)
-        console.print(f"on [bold]{name}[/] this will run:\n{p.describe()}")
+        console.print(f"on [bold]{name}[/] this will run:\n{escape(p.describe())}")
         if not yes and not click.confirm("go ahead?", default=False):
             raise SystemExit(1)
-        console.print(run_setup(dev, p))
+        console.print(escape(run_setup(dev, p)))
 
 
 @devices.command()
