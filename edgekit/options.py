@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections.abc
 import dataclasses
 import difflib
+import os
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
@@ -94,6 +95,8 @@ def _coerce(hint: Any, value: Any, path: str, error: ErrorFn, nested: Any) -> An
         except (TypeError, ValueError):
             raise _Mismatch("a number") from None
     if hint is str:
+        if isinstance(value, os.PathLike):  # a folder option given as a Path
+            return os.fspath(value)
         if text is None:
             raise _Mismatch("a string")
         return value

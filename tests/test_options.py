@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
     (bool, "yes", True), (bool, " Off ", False), (bool, True, True),
     (int, "64", 64), (int, 3.0, 3), (int, "1e3", 1000),
     (float, "1e-4", 1e-4), (float, 2, 2.0),
-    (str, "entropy", "entropy"),
+    (str, "entropy", "entropy"), (str | None, Path("~/.cache/ov"), "~/.cache/ov"),
     (int | None, "none", None), (int | None, None, None), (int | None, "4", 4),
     (tuple[str, ...], "MatMul, Gemm,", ("MatMul", "Gemm")), (tuple[float, ...], [0.5, "0.25"], (0.5, 0.25)),
     (dict[str, int], {"a": "1"}, {"a": 1}),

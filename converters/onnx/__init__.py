@@ -128,7 +128,8 @@ class OnnxConverter(Converter):
         excluded = resolve(ctx.source, opts.exclude_layers)
         fp32 = ctx.workdir / "base.onnx"
         ctx.report("export to ONNX", 0, 2)
-        program = self._torch_export(ctx)
+        with quiet():
+            program = ctx.source.export()
         ctx.report("export to ONNX", 1, 2)
         weight_bytes = sum(int(np.prod(t.shape)) * t.element_size() for t in program.state_dict.values())
         external = weight_bytes > opts.external_data_threshold
@@ -155,23 +156,6 @@ class OnnxConverter(Converter):
         ctx.report("export to ONNX", 2, 2)
         every = excl.renamed(every, full)
         return Base(fp32, prepared, external, rewritten, {name: every[name] for name in excluded}, every)
-
-    def _torch_export(self, ctx: BuildContext) -> Any:
-        import torch
-
-        src = ctx.source
-        if src.exported_program is not None:
-            return src.exported_program
-        args, shapes = src.export_args()
-        try:
-            with quiet():
-                # the wrapper takes *args, so the specs nest one level: (per-input specs,)
-                return torch.export.export(src.module, args, dynamic_shapes=(shapes,), strict=False)
-        except Exception as e:  # torch.export raises many types (UserError, GuardOnDataDependent...)
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ExportError(f"torch.export could not trace {src.name}: {first}",
-                              fix="make forward() traceable (no data-dependent Python control flow), "
-                              "or pass dynamic_axes={} to export with static shapes") from e
 
     # -- precisions ----------------------------------------------------------------------
     def build(self, base: Base, precision: Precision, stem: str, ctx: BuildContext) -> Built:

@@ -150,7 +150,8 @@ class OpenVinoConverter(Converter):
         _check_data(ctx)
         excluded = resolve(ctx.source, ctx.options.exclude_layers)
         ctx.report("export to OpenVINO", 0, 2)
-        program = _torch_export(ctx)
+        with quiet():
+            program = ctx.source.export()
         ctx.report("export to OpenVINO", 1, 2)
         src = ctx.source
         try:
@@ -224,28 +225,6 @@ def _check_data(ctx: BuildContext) -> None:
     if (opts.int4_awq or opts.int4_scale_estimation) and ctx.calibration is None:
         raise CalibrationError("int4_awq and int4_scale_estimation need calibration data",
                                fix="pass --calib data.npz (or a text file for a Hugging Face text model)")
-
-
-def _torch_export(ctx: BuildContext) -> Any:
-    """The source as a ``torch.export.ExportedProgram`` with its dynamic axes kept.
-
-    ``Dim.DYNAMIC`` lets torch.export infer each axis' range (BERT bounds the sequence by its
-    position table); example sizes of 1 on a dynamic axis are widened to 2, which torch.export
-    would otherwise specialize.
-    """
-    import torch
-
-    src = ctx.source
-    if src.exported_program is not None:
-        return src.exported_program
-    args, shapes = src.export_args()
-    try:
-        with quiet():
-            return torch.export.export(src.module, args, dynamic_shapes=(shapes,), strict=False)
-    except Exception as e:  # torch.export raises many types (UserError, GuardOnDataDependent...)
-        raise ExportError(f"torch.export could not trace {src.name}: {_message(e)}",
-                          fix="make forward() traceable (no data-dependent Python control flow), "
-                          "or pass dynamic_axes={} to export with static shapes") from e
 
 
 def _model_type(ctx: BuildContext) -> tuple[bool, str]:

@@ -74,6 +74,29 @@ class ModelSource:
             shapes.append({axis: torch.export.Dim.DYNAMIC for axis in axes} or None)
         return tuple(args), tuple(shapes)
 
+    def export(self) -> Any:
+        """The source as a ``torch.export.ExportedProgram``: a .pt2's own program, else
+        ``torch.export.export`` on :meth:`export_args` with the dynamic axes kept. The one export
+        helper of every converter that starts from torch.export (ONNX, OpenVINO); each wraps it in
+        its own log silencing.
+
+        >>> program = source.export()  # doctest: +SKIP
+        """
+        if self.exported_program is not None:
+            return self.exported_program
+        import torch
+
+        from edgekit.errors import ExportError
+
+        args, shapes = self.export_args()
+        try:  # the wrapper takes *args, so the specs nest one level: (per-input specs,)
+            return torch.export.export(self.module, args, dynamic_shapes=(shapes,), strict=False)
+        except Exception as e:  # torch.export raises many types (UserError, GuardOnDataDependent...)
+            lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+            raise ExportError(f"torch.export could not trace {self.name}: {(lines or [type(e).__name__])[0]}",
+                              fix="make forward() traceable (no data-dependent Python control flow), "
+                              "or pass dynamic_axes={} to export with static shapes") from e
+
     def describe(self) -> dict[str, Any]:
         """Provenance for the manifest."""
         return {"kind": self.kind, "name": self.name, "location": self.location,
