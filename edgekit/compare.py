@@ -56,7 +56,9 @@ class Delta:
     def verdict(self) -> str:
         if self.regressions:
             return "missing" if self.new is None else "regressed"
-        return "new" if self.old is None else "ok"
+        if self.old is None:
+            return "new"
+        return "failed" if self.new is not None and self.new.status != "ok" else "ok"  # failed before too
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "matched_by": self.matched_by, "verdict": self.verdict,

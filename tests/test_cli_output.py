@@ -284,6 +284,12 @@ def test_compare_matrix_metric_direction(tmp_path: Path) -> None:
     assert "perplexity 20.0000 -> 21.0000 (5.0% worse" in c.deltas[1].regressions[0]
     c = compare(base, matrix_file("d.json", 0.85, 20.0), max_regression=0.10, max_metric_drop=0.02)
     assert [d.verdict for d in c.deltas] == ["regressed", "ok"]
+    # a row that failed before and still fails is reported as failed, not as a new regression
+    broken = json.loads(base.read_text())
+    broken["rows"][1].update(status="failed", reason="llama.cpp missing", p50_ms=None, metric=None)
+    (tmp_path / "e.json").write_text(json.dumps(broken))
+    c = compare(tmp_path / "e.json", tmp_path / "e.json")
+    assert [d.verdict for d in c.deltas] == ["ok", "failed"] and not c.regressed
     # edgekit matrix A B --save: a set of matrices, rows without an artifact named by their source
     sets = []
     for name, acc in (("set-a.json", 0.90), ("set-b.json", 0.80)):
