@@ -14,7 +14,7 @@ from edgekit.calib import check_data_files
 from edgekit.errors import CalibrationError, EdgekitError, VerificationError
 from edgekit.fsutil import publish, sha256_file, staging_dir, write_json_atomic
 from edgekit.manifest import Manifest, Verification, library_versions, manifest_path
-from edgekit.types import ArtifactStatus, Format, Precision, ProgressFn
+from edgekit.types import ArtifactStatus, ExampleInputs, Format, ModelRef, Precision, ProgressFn
 
 if TYPE_CHECKING:
     from edgekit.converters import Converter
@@ -59,8 +59,8 @@ def _safe_name(name: str) -> str:
 
 
 def convert(
-    model: Any = None,
-    example_inputs: Any = None,
+    model: ModelRef = None,
+    example_inputs: ExampleInputs = None,
     *,
     targets: Sequence[str | Format] | str | None = None,
     precisions: Sequence[str | Precision] | str | None = None,

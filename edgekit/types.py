@@ -5,10 +5,17 @@ Strings become enums at the API/CLI boundary through :meth:`parse`, which names 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar, Union
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    from edgekit.sources import ModelSource
 
 from edgekit.errors import ConfigError
 
@@ -179,6 +186,13 @@ Dim = int | str  # a fixed size, or the name of a dynamic axis
 
 # progress(stage, done, total): long work reports each step; total None when unknown
 ProgressFn = Callable[[str, int, "int | None"], None]
+# a model as convert/matrix/run_recipe/sensitivity take it: an nn.Module (with example inputs), a
+# Hugging Face folder, a .pt2 file, "package.module:factory", "builtin:NAME", a resolved
+# ModelSource, or None (the built-in default model)
+ModelRef: TypeAlias = Union["torch.nn.Module", "ModelSource", str, Path, None]
+# example inputs of an nn.Module or factory source: a tensor, a tuple of them, or arrays by input name
+ExampleInputs: TypeAlias = Union["torch.Tensor", Sequence["torch.Tensor"], "Mapping[str, np.ndarray | torch.Tensor]",
+                                 "np.ndarray", None]
 
 
 @dataclass(frozen=True)

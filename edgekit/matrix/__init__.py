@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,10 +26,20 @@ from edgekit.errors import ConfigError, EdgekitError
 from edgekit.fsutil import sha256_file, write_json_atomic
 from edgekit.matrix._plan import Skipped, Variant, plan, reason_of
 from edgekit.matrix._rows import EAGER, SCHEMA, BenchSettings, MatrixResult, MatrixRow, now
-from edgekit.types import ArtifactStatus, BenchStatus, Format, Precision, ProgressFn, RowStatus
+from edgekit.types import (
+    ArtifactStatus,
+    BenchStatus,
+    ExampleInputs,
+    Format,
+    ModelRef,
+    Precision,
+    ProgressFn,
+    RowStatus,
+)
 
 if TYPE_CHECKING:
     from edgekit.conversion import Artifact
+    from edgekit.evaluate import Evaluator
     from edgekit.sources import ModelSource
 
 RESULTS_FILE = "matrix.json"
@@ -38,8 +48,8 @@ DEGRADED_STAGE = "int8 target"  # MatrixRow.stage of a degraded variant: its rea
 
 
 def matrix(
-    source: Any = None,
-    example_inputs: Any = None,
+    source: ModelRef = None,
+    example_inputs: ExampleInputs = None,
     *,
     targets: Sequence[str | Format] | str | None = None,
     precisions: Sequence[str | Precision] | str | None = None,
@@ -57,7 +67,7 @@ def matrix(
     output_names: Sequence[str] | None = None,
     dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
     preprocess: Mapping[str, Any] | None = None,
-    evaluator: Any = None,
+    evaluator: str | Evaluator | Callable[..., float] | None = None,
     plot: bool = True,
     progress: ProgressFn | None = None,
     ray: str | None = None,

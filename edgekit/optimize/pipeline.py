@@ -30,7 +30,7 @@ from edgekit.optimize._pipeline_report import (  # noqa: F401 - REPORT_COLUMNS, 
     report_rows,
 )
 from edgekit.optimize.recipe import Recipe, check_names, load_recipe
-from edgekit.types import ArtifactStatus, Format, Precision, ProgressFn
+from edgekit.types import ArtifactStatus, ExampleInputs, Format, ModelRef, Precision, ProgressFn
 
 if TYPE_CHECKING:
     from edgekit.conversion import Artifact
@@ -344,8 +344,8 @@ def _conversion(recipe: Recipe, targets: Sequence[str | Format] | str | None,
 
 def run_recipe(
     recipe: Recipe | str | Path | Mapping[str, Any],
-    model: Any = None,
-    example_inputs: Any = None,
+    model: ModelRef = None,
+    example_inputs: ExampleInputs = None,
     *,
     out: str | Path = "edgekit-out",
     calib: str | Path | None = None,

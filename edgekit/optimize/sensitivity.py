@@ -27,7 +27,7 @@ import numpy as np
 from edgekit.errors import ConfigError
 from edgekit.optimize import perturb
 from edgekit.optimize.exclusions import find_layers, native_options, resolve
-from edgekit.types import ProgressFn
+from edgekit.types import ExampleInputs, ModelRef, ProgressFn
 
 SCHEMA = "edgekit.sensitivity/1"
 DEFAULT_SAMPLES = 32  # calibration samples run per layer, on top of the example inputs
@@ -136,7 +136,7 @@ class SensitivityReport:
         return t
 
 
-def sensitivity(source_or_module: Any, example_inputs: Any = None, *, mode: str = "quantize",
+def sensitivity(source_or_module: ModelRef, example_inputs: ExampleInputs = None, *, mode: str = "quantize",
                 data: Any = None, eval: Any = None, metric: Any = None, amount: float = 0.5,
                 bits: int = 8, activation_bits: int = 8, layers: Iterable[str] | None = None,
                 top: int | None = None, samples: int = DEFAULT_SAMPLES,

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     import torch
 
     from edgekit.calib import CalibrationSet, EvalSet
-    from edgekit.types import ProgressFn
+    from edgekit.types import ExampleInputs, ModelRef, ProgressFn
 
 TokenizeFn = Callable[[Sequence[str]], dict[str, np.ndarray]]
 
@@ -104,8 +104,8 @@ class ModelSource:
 
 
 def resolve_source(
-    model: Any = None,
-    example_inputs: Any = None,
+    model: ModelRef = None,
+    example_inputs: ExampleInputs = None,
     *,
     input_names: Sequence[str] | None = None,
     output_names: Sequence[str] | None = None,
