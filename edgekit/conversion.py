@@ -14,6 +14,8 @@ from edgekit.calib import check_data_files
 from edgekit.errors import CalibrationError, EdgekitError, VerificationError
 from edgekit.fsutil import publish, sha256_file, staging_dir, write_json_atomic
 from edgekit.manifest import Manifest, Verification, library_versions, manifest_path
+from edgekit.optimize.bits import NoLowBitWeights
+from edgekit.optimize.bits import require as require_bits
 from edgekit.types import ArtifactStatus, ExampleInputs, Format, ModelRef, Precision, ProgressFn
 
 if TYPE_CHECKING:
@@ -38,6 +40,7 @@ class Artifact:
     verification: Verification | None = None
     route: str = ""
     seconds_parts: Mapping[str, float] = field(default_factory=dict)  # export_share, build, verify
+    quantized_fraction: Mapping[str, float] = field(default_factory=dict)  # bit width -> share of weights
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "status", ArtifactStatus(self.status))  # "failed" from older callers too
@@ -51,6 +54,7 @@ class Artifact:
                 "status": self.status.value, "reason": self.reason, "size_bytes": self.size_bytes,
                 "seconds": round(self.seconds, 3),
                 "seconds_parts": {k: round(v, 3) for k, v in self.seconds_parts.items()}, "route": self.route,
+                "quantized_fraction": dict(self.quantized_fraction),
                 "verification": self.verification.to_dict() if self.verification else None}
 
 
@@ -201,9 +205,11 @@ def convert_source(
                                                 options_dict(opts[conv.format]), record,
                                                 export_share=export_s / len(precisions_)))
                 except EdgekitError as e:
-                    if not keep_going:
+                    skip = wanted is None and isinstance(e, NoLowBitWeights)  # a default int4 that would lie
+                    if not keep_going and not skip:
                         raise
-                    artifacts.append(_failed(out_dir, base_name, conv, precision, e))
+                    artifacts.append(_failed(out_dir, base_name, conv, precision, e,
+                                             ArtifactStatus.SKIPPED if skip else ArtifactStatus.FAILED))
             if progress:
                 progress(f"build {conv.format.value}", len(precisions_), len(precisions_))
             shutil.rmtree(work, ignore_errors=True)
@@ -221,9 +227,10 @@ def convert_source(
     return artifacts
 
 
-def _failed(out_dir: Path, base_name: str, conv: Any, precision: Precision, e: EdgekitError) -> Artifact:
+def _failed(out_dir: Path, base_name: str, conv: Any, precision: Precision, e: EdgekitError,
+            status: ArtifactStatus = ArtifactStatus.FAILED) -> Artifact:
     return Artifact(out_dir / f"{base_name}-{precision.value}{conv.suffix}", conv.format, precision,
-                    ArtifactStatus.FAILED, e.problem)
+                    status, e.problem)
 
 
 def _stage_assets(source: Any, stage: Path, base_name: str) -> dict[str, Any]:
@@ -249,6 +256,7 @@ def _build_one(conv: Any, base: Any, precision: Precision, base_name: str, ctx: 
     t0 = time.perf_counter()
     built = conv.build(base, precision, stem, ctx)
     seconds = time.perf_counter() - t0
+    require_bits(precision.value, built.details.get("quantized_fraction") or {}, conv.format.value)  # int4 with no 4-bit weight
     t_verify = time.perf_counter()
     if ctx.progress:
         ctx.progress(f"verify {stem}", 0, 1)
@@ -288,7 +296,8 @@ def _build_one(conv: Any, base: Any, precision: Precision, base_name: str, ctx: 
         status, reason = ArtifactStatus.DEGRADED, loop.reason
     return Artifact(final[-2], conv.format, precision, status, reason, size,
                     export_share + time.perf_counter() - t0, verification, built.route,
-                    {"export_share": export_share, "build": seconds, "verify": verify_s})
+                    {"export_share": export_share, "build": seconds, "verify": verify_s},
+                    dict(built.details.get("quantized_fraction") or {}))
 
 
 def _verify(conv: Any, built: Any, precision: Precision, ctx: Any, reference: Any) -> tuple[Verification, Any]:

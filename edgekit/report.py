@@ -80,6 +80,8 @@ SECONDS_NOTE = "total s = this variant's share of the export + quantization + ve
 
 
 def artifacts_table(artifacts: Iterable[Artifact]) -> Sheet:
+    from edgekit.optimize.bits import flag
+
     arts = list(artifacts)
     fp32 = {a.format: a.size_bytes for a in arts if a.precision.value == "fp32" and a.size_bytes}
     t = Sheet("edgekit convert", columns("artifact<0 status<0 size>0 x_fp32>2 max_abs_err>1 cosine_(worst)>1 "
@@ -95,7 +97,8 @@ def artifacts_table(artifacts: Iterable[Artifact]) -> Sheet:
               num(worst.min_cosine, "{:.6f}") if worst else "-",
               num(worst.top1_agreement, "{:.1%}") if worst and worst.top1_agreement is not None else "-",
               f"{metric['value']:.4f} ({metric['delta']:+.4f})" if metric else "-",
-              num(a.seconds, "{:.1f}"), reason=a.reason if a.status != "ok" else None)
+              num(a.seconds, "{:.1f}"), reason=a.reason if a.status != "ok" else
+              flag(a.precision.value, a.quantized_fraction))  # "int4: 3% of weights 4-bit"
     return t
 
 

@@ -106,6 +106,7 @@ class ArtifactStatus(StrEnum):
     FAILED = "failed"  # an error stopped it; ``reason`` says which
     DIVERGED = "diverged"  # built, but an fp32 output is out of tolerance
     DEGRADED = "degraded"  # built and usable, but static int8 ended short of its accuracy target
+    SKIPPED = "skipped"  # a default precision that would not be true here (int4 with no 4-bit weight)
 
 
 class BenchStatus(StrEnum):
@@ -127,6 +128,7 @@ class RowStatus(StrEnum):
     TIMEOUT = "timeout"
     CONVERTED = "converted"  # converted, not timed yet (an interrupted run resumes here)
     DEGRADED = "degraded"  # timed, but its static int8 is short of the accuracy target (see reason)
+    SKIPPED = "skipped"  # a default precision the conversion skipped (see reason)
 
 
 @dataclass(frozen=True)

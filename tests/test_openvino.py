@@ -334,11 +334,14 @@ def test_cli_convert_pt2_to_openvino_and_devices(cnn: torch.nn.Module, cnn_calib
                                   dynamic_shapes={"pixels": {0: torch.export.Dim("batch")}})
     torch.export.save(program, str(tmp_path / "cnn.pt2"))
     out = tmp_path / "out"
-    res = CliRunner().invoke(main, ["convert", str(tmp_path / "cnn.pt2"), "--to", "openvino", "--precision",
-                                    "fp32,int8,int4", "--calib", cnn_calib, "--out", str(out), "--json"])
+    # int4 is left to the defaults: NNCF keeps a CNN's only Linear (its last layer) at 8 bit, so an
+    # int4 file would hold no 4-bit weight and is skipped (an explicit --precision int4 is refused)
+    res = CliRunner().invoke(main, ["convert", str(tmp_path / "cnn.pt2"), "--to", "openvino",
+                                    "--calib", cnn_calib, "--out", str(out), "--json"])
     assert res.exit_code == 0, res.output
-    arts = {a["precision"]: a for a in json.loads(res.output)["artifacts"]}
-    assert [a["status"] for a in arts.values()] == ["ok"] * 3
+    arts = {a["precision"]: a for a in json.loads(res.stdout)["artifacts"]}  # stderr: "skipped cnn-int4.xml: ..."
+    assert [a["status"] for a in arts.values()] == ["ok", "ok", "skipped"] and "skipped cnn-int4.xml" in res.stderr
+    arts.pop("int4")
     assert arts["fp32"]["verification"]["outputs"][0]["max_abs_err"] < 1e-4
     assert arts["int8"]["verification"]["outputs"][0]["cosine"] > 0.98
     assert sorted(p.name for p in out.iterdir()) == sorted(

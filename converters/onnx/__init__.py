@@ -18,6 +18,7 @@ import numpy as np
 from edgekit.converters import CONVERTERS, BuildContext, Built, Converter
 from edgekit.converters.onnx import graph
 from edgekit.errors import CalibrationError, ExportError, QuantizationError
+from edgekit.optimize.bits import fractions
 from edgekit.optimize.int8_loop import AccuracyOptions
 from edgekit.quiet import quiet as _quiet
 from edgekit.types import Format, Precision
@@ -178,6 +179,7 @@ class OnnxConverter(Converter):
 
         model = onnx.load(str(out), load_external_data=False)
         details["ops"] = graph.op_counts(model)
+        details["quantized_fraction"] = fractions(graph.weight_bits(model))
         if base.layer_nodes:
             from edgekit.converters.onnx import exclusions as excl
 

@@ -103,3 +103,27 @@ def op_counts(model: Any) -> dict[str, int]:
     for node in model.graph.node:
         counts[node.op_type] = counts.get(node.op_type, 0) + 1
     return dict(sorted(counts.items()))
+
+
+# TensorProto element type -> bits; 4-bit weights are also stored packed in uint8 (MatMulNBits)
+BITS = {1: 32, 10: 16, 16: 16, 11: 64, 2: 8, 3: 8, 21: 4, 22: 4}
+PACKED_4BIT_OPS = frozenset({"MatMulNBits", "GatherBlockQuantized"})
+
+
+def weight_bits(model: Any) -> dict[int, int]:
+    """Bit width -> weight values stored at it: initializers of two or more dimensions (biases,
+    scales and zero points are 1-D), uint8 blobs of 4-bit operators counted as two 4-bit values."""
+    packed = {n.input[1] if n.op_type == "MatMulNBits" else n.input[0]
+              for n in model.graph.node if n.op_type in PACKED_4BIT_OPS}
+    counts: dict[int, int] = {}
+    for t in model.graph.initializer:
+        bits = BITS.get(t.data_type)
+        if bits is None or sum(int(d) > 1 for d in t.dims) < 2:
+            continue
+        n = 1
+        for d in t.dims:
+            n *= int(d)
+        if t.name in packed:
+            bits, n = 4, n * 2
+        counts[bits] = counts.get(bits, 0) + n
+    return counts

@@ -21,6 +21,7 @@ from typing import Any
 
 from edgekit.converters import CONVERTERS, BuildContext, Built, Converter
 from edgekit.errors import CalibrationError, ConfigError, ExportError, QuantizationError
+from edgekit.optimize.bits import fractions
 from edgekit.optimize.int8_loop import AccuracyOptions
 from edgekit.quiet import quiet as _quiet
 from edgekit.types import Format, Precision
@@ -205,6 +206,7 @@ class OpenVinoConverter(Converter):
                                     "-O openvino.nodes_to_exclude=NAME,...") from e
         saved = ov.Core().read_model(str(out))
         details.update(ops=graph.op_counts(saved), weight_types=graph.weight_types(saved),
+                       quantized_fraction=fractions(graph.weight_bits(saved)),
                        verification_precision_hint=VERIFY_HINT)
         if base.layer_ops:
             from edgekit.converters.openvino import exclusions as excl

@@ -142,3 +142,23 @@ def module_paths(program: Any) -> dict[str, str]:
             # edgekit wraps the user's module as ``inner`` (edgekit.sources.module.wrap)
             out[node.name] = path.removeprefix("L['self'].").removeprefix("L__self__.").removeprefix("inner.")
     return out
+
+
+BITS = {"f64": 64, "f32": 32, "f16": 16, "bf16": 16, "i8": 8, "u8": 8, "f8e4m3": 8, "f8e5m2": 8,
+        "i4": 4, "u4": 4, "nf4": 4}
+
+
+def weight_bits(model: Any) -> dict[int, int]:
+    """Bit width -> weight values stored at it: constants with two or more dimensions above 1 that
+    are not zero points or scales (see :mod:`edgekit.optimize.bits`)."""
+    counts: Counter[int] = Counter()
+    for op in model.get_ops():
+        if op.get_type_name() != "Constant":
+            continue
+        bits = BITS.get(op.get_output_element_type(0).get_type_name())
+        shape = op.get_output_partial_shape(0)
+        if bits is None or shape.is_dynamic or sum(int(d) > 1 for d in shape.to_shape()) < 2 \
+                or _is_zero_point(op):  # a bias reshaped to [1, n] is not a weight
+            continue
+        counts[bits] += _size(op)
+    return dict(counts)

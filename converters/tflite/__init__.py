@@ -31,6 +31,7 @@ import numpy as np
 from edgekit.converters import CONVERTERS, BuildContext, Built, Converter
 from edgekit.converters.tflite import export as tx
 from edgekit.errors import CalibrationError, ConfigError, EdgekitError, QuantizationError
+from edgekit.optimize.bits import fractions
 from edgekit.optimize.int8_loop import AccuracyOptions
 from edgekit.quiet import quiet as _quiet
 from edgekit.types import Format, Precision
@@ -258,6 +259,7 @@ class TfliteConverter(Converter):
 
         details: dict[str, Any] = {
             "route_key": chosen, **fb.summary(data), **io_note,
+            "quantized_fraction": fractions(fb.weight_bits(data)),
             "static_shapes": {n: list(base.shapes.model_shape(n)) for n in base.shapes.fixed},
             "layout": opts.layout, "runtime_plan": base.shapes.plan.to_dict(),
             "padding": base.shapes.notes}

@@ -138,3 +138,25 @@ def summary(model_bytes: bytes) -> dict[str, Any]:
             name = tmap.name.decode() if isinstance(tmap.name, bytes) else tmap.name
             io[name] = names.get(sg.tensors[tmap.tensorIndex].type, "?").lower()
     return {"ops": dict(sorted(ops.items())), "weight_bytes_by_type": dict(weights), "io_types": io}
+
+
+# TensorType -> bits (FLOAT32, FLOAT16, INT32, UINT8, INT64, INT16, INT8, INT4)
+BITS = {0: 32, 1: 16, 3: 8, 9: 8, 17: 4}
+
+
+def weight_bits(model_bytes: bytes) -> dict[int, int]:
+    """Bit width -> weight values stored at it: constant tensors of two or more dimensions."""
+    model = _read(model_bytes)
+    counts: dict[int, int] = {}
+    for sg in model.subgraphs:
+        for tensor in sg.tensors or []:
+            data = model.buffers[tensor.buffer].data if tensor.buffer < len(model.buffers) else None
+            bits = BITS.get(tensor.type)
+            shape = list(tensor.shape) if tensor.shape is not None else []
+            if data is None or not len(data) or bits is None or sum(int(d) > 1 for d in shape) < 2:
+                continue
+            n = 1
+            for d in shape:
+                n *= int(d)
+            counts[bits] = counts.get(bits, 0) + n
+    return counts

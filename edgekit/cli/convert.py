@@ -154,7 +154,9 @@ def convert(source: str | None, targets: str | None, precisions: str | None, cal
         for a in arts:
             if a.status == "degraded":  # usable, so exit 0, but never silently
                 note(f"warning: {a.path.name} is degraded: {a.reason}", style="yellow")
+            elif a.status == "skipped":
+                note(f"skipped {a.path.name}: {a.reason}", style="yellow")
         if failure is not None:
             fail(failure)
-        if any(a.status not in ("ok", "degraded") for a in arts):
+        if any(a.status not in ("ok", "degraded", "skipped") for a in arts):
             raise SystemExit(1)

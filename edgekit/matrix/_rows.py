@@ -147,7 +147,7 @@ class MatrixResult:
 
     @property
     def failed(self) -> list[MatrixRow]:
-        return [r for r in self.rows if r.status not in (RowStatus.OK, RowStatus.DEGRADED)]  # degraded: usable
+        return [r for r in self.rows if r.status not in (RowStatus.OK, RowStatus.DEGRADED, RowStatus.SKIPPED)]
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema": SCHEMA, "created": self.created, "complete": self.complete, "host": self.host,
