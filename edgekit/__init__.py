@@ -30,7 +30,7 @@ from edgekit.errors import (
     SourceError,
     VerificationError,
 )
-from edgekit.types import Device, Format, Precision, Signature, TensorSpec
+from edgekit.types import Device, DeviceRequest, Format, Precision, Signature, TensorSpec
 
 __version__ = "0.1.0"
 
@@ -64,7 +64,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "convert", "load", "benchmark", "Artifact", "Model", "BenchResult",
     "Recipe", "load_recipe", "GateError", "RecipeError",
-    "Format", "Precision", "Device", "Signature", "TensorSpec",
+    "Format", "Precision", "Device", "DeviceRequest", "Signature", "TensorSpec",
     "EdgekitError", "EdgekitWarning", "ArtifactError", "CalibrationError", "ConfigError", "ConversionError",
     "DeviceUnavailableError", "ExportError", "InputError", "MissingDependencyError",
     "QuantizationError", "RuntimeFailure", "SourceError", "VerificationError",
