@@ -180,10 +180,13 @@ def matrix_table(result: MatrixResult) -> Sheet:
             r.metric_delta is not None else num(r.metric, "{:.4f}")
         t.add(r.label + (" (reused)" if r.reused else ""), r.status, human_bytes(r.size_bytes), metric,
               num(r.cosine, "{:.6f}") if r.format != EAGER else "ref", num(r.p50_ms), num(r.p90_ms),
-              num(r.throughput, "{:.1f}"), num(r.peak_rss_mb, "{:.0f}"), num(r.speedup_vs_eager, "{:.2f}x"),
+              num(r.throughput, "{:.1f}"), num(r.peak_rss_mb, "{:.0f}"), num(r.speedup_vs_eager, "{:.2f}x") + (" noisy" if r.noisy else ""),
               reason=r.reason if r.status != "ok" else None)
     t.notes = [f"skipped {s.format}{'/' + s.precision if s.precision else ''}: {s.reason}"
                for s in result.skipped]
-    t.notes.append(f"x eager = PyTorch eager p50 / row p50 (same inputs, same run); converted "
+    if any(r.noisy for r in result.rows):
+        t.notes.append("noisy = PyTorch eager p50 varied more than 2x between the row's interleaved timings "
+                       "(a load burst): its x eager is the median of the pairs; re-run on a quiet machine")
+    t.notes.append(f"x eager = median over interleaved pairs of PyTorch eager p50 / row p50 (same inputs, same run); converted "
                    f"{result.converted}, timed {result.benchmarked}, reused {result.reused}")
     return t

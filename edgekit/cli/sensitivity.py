@@ -55,7 +55,8 @@ def sensitivity(source: str | None, mode: str, calib: Path | None, eval_data: Pa
             report = run_sensitivity(source, examples, mode=mode, data=calib, eval=eval_data, metric=metric,
                                      amount=amount, bits=bits, weights=weights, seq_len=seq_len,
                                      progress=progress)
-        pick = {"threshold": threshold} if threshold is not None else {"top": top}
+        # --top recommends: only layers that stand out from the noise floor; --threshold is the user's cut
+        pick: dict[str, Any] = {"threshold": threshold} if threshold is not None else {"top": top, "above_noise": True}
         options: dict[str, Any] = {}
         for fmt in formats:
             try:
@@ -69,5 +70,9 @@ def sensitivity(source: str | None, mode: str, calib: Path | None, eval_data: Pa
         chosen = report.select(**pick)
         if chosen:
             console.print(f"keep in float: [bold]-O exclude_layers={escape(','.join(chosen))}[/]", highlight=False)
+        elif threshold is None and report.rows:
+            console.print(f"no layer stands out from the noise floor (top score {report.rows[0].score:.3g}, "
+                          f"floor {report.noise_floor:.3g}): quantize every layer; --threshold SCORE picks "
+                          "layers anyway", highlight=False)
         for fmt, opts in options.items():
             console.print(escape(f"  {fmt}: {json.dumps(opts)}"), highlight=False, soft_wrap=True)

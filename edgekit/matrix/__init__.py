@@ -24,6 +24,7 @@ import numpy as np
 
 from edgekit.errors import ConfigError, EdgekitError
 from edgekit.fsutil import sha256_file, write_json_atomic
+from edgekit.matrix._pairs import PAIRS, paired_ratio, time_pairs
 from edgekit.matrix._plan import Skipped, Variant, plan, reason_of
 from edgekit.matrix._rows import EAGER, SCHEMA, BenchSettings, MatrixResult, MatrixRow, now
 from edgekit.types import (
@@ -231,10 +232,7 @@ def _one_format(run: _Run, src: ModelSource, cells: list[Variant], previous: dic
             if row.status is RowStatus.CONVERTED:
                 to_time.append(row)
     for row in to_time:
-        # eager again right before the artifact: on a shared host load comes in bursts, and one
-        # eager figure from minutes earlier would make the ratio a comparison of two moments
-        row.eager_p50_ms = _eager_row(src, feed, run.result.settings).p50_ms
-        _time(row, out_dir, feed, run.result.settings)
+        _time_paired(row, src, out_dir, feed, run.result.settings)
         run.result.benchmarked += 1
         run.put(row)
 
@@ -372,11 +370,34 @@ def _fill_baseline_metric(result: MatrixResult, src: ModelSource, evaluator: Any
             base.metric_higher_is_better = scored.evaluator.higher_is_better
 
 
+def _time_paired(row: MatrixRow, src: ModelSource, out_dir: Path, feed: dict[str, np.ndarray],
+                 s: BenchSettings) -> None:
+    """Eager and the artifact timed in ``PAIRS`` interleaved pairs (``min_time`` shared among them):
+    on a shared host load comes in bursts, and one eager figure taken during one would make the
+    ratio a comparison of two moments. On a device the ratio would compare two machines: one timing."""
+    if getattr(s, "on", None) is not None:
+        _time(row, out_dir, feed, s)
+        return
+    share = dataclasses.replace(s, min_time=s.min_time / PAIRS)
+
+    def artifact() -> float | None:
+        _time(row, out_dir, feed, share)
+        return row.p50_ms if row.status in (RowStatus.OK, RowStatus.DEGRADED) else None
+
+    paired = time_pairs(lambda: _eager_row(src, feed, share).p50_ms, artifact)
+    if paired.pairs:
+        row.eager_pairs = [list(p) for p in paired.pairs]
+        row.eager_p50_ms, row.p50_ms, row.noisy = paired.eager_p50_ms, paired.artifact_p50_ms, paired.noisy
+
+
 def _speedups(rows: list[MatrixRow]) -> None:
-    """Eager p50 over the row's p50: the eager timing paired with the row where there is one,
-    else the baseline's."""
+    """Eager p50 over the row's p50: the median of the ratios of the row's interleaved pairs where
+    it has them, else the baseline's eager p50 over the row's."""
     base = next((r for r in rows if r.format == EAGER and r.p50_ms), None)
     for r in rows:
+        if r.eager_pairs:
+            r.speedup_vs_eager = paired_ratio(*zip(*r.eager_pairs)).ratio
+            continue
         eager = r.eager_p50_ms or (base.p50_ms if base else None)
         r.speedup_vs_eager = round(eager / r.p50_ms, 4) if eager and r.p50_ms else None
 

@@ -89,7 +89,9 @@ class MatrixRow:
     throughput: float | None = None  # items per second
     peak_rss_mb: float | None = None
     speedup_vs_eager: float | None = None  # eager p50 / this row's p50: above 1 is faster
-    eager_p50_ms: float | None = None  # eager timed again just before this row (the ratio's numerator)
+    eager_p50_ms: float | None = None  # median eager p50 of the row's interleaved pairs (the ratio's numerator)
+    eager_pairs: list[list[float]] | None = None  # [eager p50, artifact p50] of each interleaved pair
+    noisy: bool = False  # the pairs' eager p50s disagree by more than 2x: the ratio is not trustworthy
     runtime: str | None = None
     device: str | None = None
     mode: str | None = None  # isolated | in-process

@@ -31,6 +31,11 @@ from edgekit.types import ExampleInputs, ModelRef, ProgressFn
 
 SCHEMA = "edgekit.sensitivity/1"
 DEFAULT_SAMPLES = 32  # calibration samples run per layer, on top of the example inputs
+# A layer stands out when its score passes both: NOISE_FACTOR times the typical score of the other
+# layers, and the smallest cost worth a float layer (1 - worst cosine of 1e-3 is int8's own parity
+# tolerance; for accuracy, one sample of the evaluation data). Below it, every layer quantizes fine.
+NOISE_FACTOR = 10.0
+MIN_OUTPUT_SCORE = 1e-3
 Feed = dict[str, np.ndarray]
 
 
@@ -67,18 +72,41 @@ class SensitivityReport:
     metric_reference: float | None = None
     model: Any = field(default=None, repr=False, compare=False)  # the ModelSource, for native names
 
-    def select(self, *, top: int | None = None, threshold: float | None = None) -> list[str]:
-        """Names of the ``top`` most sensitive layers, and/or of those scoring at least ``threshold``."""
+    @property
+    def noise_floor(self) -> float:
+        """The score a layer must pass to be worth keeping in float: ``NOISE_FACTOR`` times the median
+        score of the layers below the top one, and at least the smallest cost that matters."""
+        scores = sorted((r.score for r in self.rows), reverse=True)
+        typical = float(np.median(scores[1:])) if len(scores) > 1 else 0.0
+        if self.metric_name is None:
+            least = MIN_OUTPUT_SCORE
+        elif self.metric_name == "accuracy":
+            least = 1.0 / max(self.samples, 1)  # one sample's answer
+        else:
+            least = 0.0
+        return max(least, NOISE_FACTOR * max(typical, 0.0))
+
+    def standouts(self) -> list[str]:
+        """Layers whose score is above :attr:`noise_floor`, most sensitive first (may be empty)."""
+        floor = self.noise_floor
+        return [r.name for r in self.rows if r.score > floor]
+
+    def select(self, *, top: int | None = None, threshold: float | None = None,
+               above_noise: bool = False) -> list[str]:
+        """Names of the ``top`` most sensitive layers, and/or of those scoring at least ``threshold``;
+        ``above_noise`` keeps only layers that stand out from the noise floor (a recommendation)."""
         if top is None and threshold is None:
             raise ConfigError("choose the layers to exclude with top=N or threshold=SCORE",
                               fix="e.g. report.exclusions('onnx', top=3)")
         if top is not None and top < 0:
             raise ConfigError(f"top must be >= 0, got {top}", fix="e.g. top=3")
-        rows = [r for r in self.rows if threshold is None or r.score >= threshold]
+        floor = self.noise_floor if above_noise else None
+        rows = [r for r in self.rows if (threshold is None or r.score >= threshold)
+                and (floor is None or r.score > floor)]
         return [r.name for r in (rows[:top] if top is not None else rows)]
 
     def exclusions(self, format: str, *, top: int | None = None, threshold: float | None = None,
-                   native: bool = False) -> dict[str, Any]:
+                   native: bool = False, above_noise: bool = False) -> dict[str, Any]:
         """Converter options for ``format`` that keep the chosen layers out of quantization.
 
         By default ``{"exclude_layers": [...]}`` (every converter maps PyTorch names itself and
@@ -89,7 +117,7 @@ class SensitivityReport:
         from edgekit.types import Format
 
         fmt = Format.parse(format)
-        names = self.select(top=top, threshold=threshold)
+        names = self.select(top=top, threshold=threshold, above_noise=above_noise)
         if not native:
             return {"exclude_layers": names}
         if self.model is None:
@@ -99,7 +127,7 @@ class SensitivityReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema": SCHEMA, "mode": self.mode, "source": self.source, "settings": self.settings,
-                "score": self.score, "samples": self.samples,
+                "score": self.score, "samples": self.samples, "noise_floor": self.noise_floor,
                 "metric": {"name": self.metric_name, "reference": self.metric_reference}
                 if self.metric_name else None,
                 "layers": [r.to_dict() for r in self.rows]}
