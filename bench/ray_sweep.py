@@ -43,9 +43,9 @@ def _sweep(sources: list[str], out: Path, ray: str | None, max_parallel: int) ->
     bench = BenchSettings(warmup=5, runs=50, isolated=True)
     t = time.perf_counter()
     if ray:  # one Ray for both sources, its start-up inside the timed region, as `edgekit matrix A B --ray` does
-        from edgekit.matrix._ray import connect
+        from edgekit.matrix import connect_ray
 
-        connect(ray, max_parallel)
+        connect_ray(ray, max_parallel)
     try:
         results = [matrix(s, targets="onnx,openvino", out=out / Path(s).stem.split(":")[-1], bench=bench,
                           plot=False, ray=ray, max_parallel=max_parallel if ray else None) for s in sources]

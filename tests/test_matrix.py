@@ -225,7 +225,7 @@ def test_cli_matrix_options_belong_to_the_matrix_command(cli_env: tuple[Path, di
     assert matrix_alias(["bench", "--json", "--matrix=src"]) == ["matrix", "src", "--json"]
     assert matrix_alias(["bench", "a.onnx"]) == ["bench", "a.onnx"]
     res = CliRunner().invoke(main, ["matrix"])
-    assert res.exit_code == 2 and "Missing argument 'SOURCE'" in res.output
+    assert res.exit_code == 2 and "Missing argument 'SOURCE...'" in res.output
 
 
 # --------------------------------------------------------------------------------------------

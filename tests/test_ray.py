@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from edgekit.matrix import BenchSettings, matrix
+from tests import sshd_device as sd
 from tests.sshd_device import free_port
 
 pytestmark = pytest.mark.slow
@@ -38,8 +39,14 @@ def _start(args: list[str], env: dict[str, str]) -> None:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A head that benchmarks (edgekit_bench: 1) and a second node that only converts."""
+def config_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The device inventory of the second node (and of this process): a private XDG_CONFIG_HOME."""
+    return tmp_path_factory.mktemp("ray-config")
+
+
+@pytest.fixture(scope="module")
+def cluster(config_home: Path) -> Iterator[str]:
+    """A head that benchmarks here (edgekit_bench: 1) and a second node that reaches device 'loop'."""
     port = free_port()
     env = {**os.environ, **RAY_ENV}
     with pytest.MonkeyPatch.context() as mp:
@@ -49,7 +56,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 "--resources", json.dumps({"edgekit_bench": 1})], env)
         try:
             _start([f"--address=127.0.0.1:{port}", "--node-ip-address=127.0.0.1",
-                    "--resources", json.dumps({"edgekit_convert_only": 1})], env)
+                    "--resources", json.dumps({"edgekit_device_loop": 1})],
+                   {**env, "XDG_CONFIG_HOME": str(config_home)})
             yield f"127.0.0.1:{port}"
         finally:
             if ray.is_initialized():
@@ -73,9 +81,9 @@ def _eval(tmp: Path, net: nn.Module) -> Path:
 
 def _run(net: nn.Module, name: str, out: Path, eval_data: Path, **kw: object):
     example = torch.from_numpy(np.random.default_rng(7).standard_normal((2, 16)).astype(np.float32))
+    kw.setdefault("bench", BENCH)
     return matrix(net, (example,), input_names=["x"], output_names=["y"], name=name, targets="onnx",
-                  precisions="fp32,int8-dynamic,int4", eval_data=eval_data, out=out, bench=BENCH, plot=False,
-                  **kw)
+                  precisions="fp32,int8-dynamic,int4", eval_data=eval_data, out=out, plot=False, **kw)
 
 
 STABLE = ("format", "precision", "status", "size_bytes", "metric_name", "metric", "metric_reference",
@@ -114,6 +122,31 @@ def test_a_resource_nobody_advertises_is_an_error_not_a_hang(cluster: str, tmp_p
                out=tmp_path, bench=BenchSettings(warmup=1, runs=5, isolated=False, on="pi5"), plot=False,
                ray=cluster)
     assert "edgekit_device_pi5" in e.value.problem and "--resources" in e.value.fix
+
+
+def test_device_benchmarks_need_the_device_resource(cluster: str, config_home: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """--on loop: every benchmark runs on the node advertising edgekit_device_loop, over SSH to the
+    loopback device, one at a time; the conversions and accuracy stay the same."""
+    from edgekit.devices.config import parse_target, save_device
+    from edgekit.devices.remote import Device
+    from edgekit.devices.setup import plan, setup
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(config_home))
+    with sd.sshd(tmp_path / "sshd") as server:
+        spec = parse_target(server.url, name="loop", identity=str(server.user_key), python=str(sd.device_venv()),
+                            workdir=str(tmp_path / "work"))
+        with Device(spec, accept_new_host_key=True) as d:  # records the host key in config_home
+            setup(d, plan(d, "onnxruntime", wheel=sd.edgekit_wheel(), offline=True), timeout=300)
+        save_device(spec)
+        net = _mlp(3, 16)
+        res = _run(net, "dev", tmp_path / "out", _eval(tmp_path, net), ray=cluster,
+                   bench=BenchSettings(warmup=1, runs=5, isolated=True, on="loop"))
+    rows = [r for r in res.rows if r.format != "pytorch"]
+    assert [r.status for r in rows] == ["ok"] * 3, [r.reason for r in rows]
+    assert all(r.p50_ms and r.eager_p50_ms is None for r in rows)  # no eager pairing across machines
+    windows = sorted(r.bench_window for r in rows)
+    assert all(w1[1] <= w2[0] for w1, w2 in zip(windows, windows[1:])), windows
 
 
 def _source(tmp: Path) -> Path:

@@ -86,7 +86,8 @@ def matrix(
     ``edgekit.conversion.convert_source``.
 
     ``ray`` (``"local"``, ``"auto"`` or ``"ray://host:10001"``) runs every conversion and benchmark
-    as a Ray task instead (``edgekit.matrix._ray``), at most ``max_parallel`` at a time.
+    as a Ray task instead (``edgekit.matrix._ray``), at most ``max_parallel`` at a time;
+    ``bench.on`` (a saved device name) times every artifact on that device instead of here.
 
     >>> res = matrix("builtin:digits-cnn", targets="onnx,tflite", bench=BenchSettings(runs=50))  # doctest: +SKIP
     >>> res.path  # doctest: +SKIP
@@ -99,6 +100,8 @@ def matrix(
 
     require("torch", "convert", "the conversion matrix")  # a runtime-only install has nothing to convert with
     check_data_files(calib=calib, eval_data=eval_data)  # before the source loads
+    if ray is not None:
+        require("ray", "ray", "running the matrix on Ray (--ray)")
     out_dir = Path(out)
     from edgekit.host import host_info
 
@@ -130,6 +133,14 @@ def matrix(
     _fill_baseline_metric(result, src, evaluator)
     run.finish(plot, f"{src.name}: edgekit matrix")
     return result
+
+
+def connect_ray(address: str, max_parallel: int | None = None) -> Any:
+    """Start (``local``) or join (``auto``, ``ray://host:10001``) Ray once, for several matrices in a row;
+    ``matrix(..., ray=address)`` then reuses it instead of starting one per call."""
+    from edgekit.matrix._ray import connect
+
+    return connect(address, max_parallel)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -276,9 +287,8 @@ def _from_artifact(a: Artifact) -> MatrixRow:
     return row
 
 
-def _time(row: MatrixRow, out_dir: Path, feed: dict[str, np.ndarray], s: BenchSettings,
-          on: str | None = None) -> None:
-    """Time one artifact with the harness (on this machine, or on device ``on``) and fill the row
+def _time(row: MatrixRow, out_dir: Path, feed: dict[str, np.ndarray], s: BenchSettings) -> None:
+    """Time one artifact with the harness (on this machine, or on the device ``s.on``) and fill the row
     (a failed run is a failed row); ``bench_window`` records when, so overlaps can be checked."""
     import time
 
@@ -288,7 +298,7 @@ def _time(row: MatrixRow, out_dir: Path, feed: dict[str, np.ndarray], s: BenchSe
     r = benchmark(out_dir / Path(row.artifact or "").name, device=s.device, runtime=s.runtime,
                   threads=s.threads, inputs=feed, batch=s.batch, dims=s.dims, warmup=s.warmup,
                   runs=s.runs, min_time=s.min_time, isolated=s.isolated, timeout=s.timeout,
-                  **({"on": on} if on else {}))
+                  **({"on": s.on} if s.on else {}))
     row.bench_window = [round(started, 3), round(time.time(), 3)]
     row.runtime, row.device, row.mode, row.measured_at = r.runtime, r.device, r.mode, now()
     if r.status is not BenchStatus.OK or r.latency is None:
@@ -460,5 +470,5 @@ def _intact(row: MatrixRow, out_dir: Path) -> bool:
     return sha256_file(model) == row.artifact_sha256 and sha256_file(manifest) == row.manifest_sha256
 
 
-__all__ = ["matrix", "BenchSettings", "MatrixRow", "MatrixResult", "Skipped", "SCHEMA", "EAGER",
+__all__ = ["matrix", "connect_ray", "SourceSpec", "BenchSettings", "MatrixRow", "MatrixResult", "Skipped", "SCHEMA", "EAGER",
            "RESULTS_FILE", "PLOT_FILE"]

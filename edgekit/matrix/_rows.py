@@ -38,6 +38,7 @@ class BenchSettings:
     min_time: float = 2.0
     isolated: bool = True
     timeout: float = 600.0
+    on: str | None = None  # a device (saved name or ssh://...) every artifact is timed on, else here
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "dims", {str(k): int(v) for k, v in dict(self.dims).items()})
@@ -102,6 +103,7 @@ class MatrixRow:
     manifest_sha256: str | None = None
     measured_at: str | None = None
     reused: bool = False  # taken from a previous run's matrix.json (resume)
+    bench_window: list[float] | None = None  # [start, end] of the artifact's timing, epoch seconds
 
     def __post_init__(self) -> None:
         self.status = RowStatus(self.status)  # a matrix.json being resumed holds the string
