@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgekit.converters import CONVERTERS, BuildContext, Built, Converter
+from edgekit.converters.gguf.pretok import PROBE_TEXT
 from edgekit.errors import CalibrationError, ConfigError, ExportError, SourceError
 from edgekit.types import Format, Precision
 
@@ -47,6 +48,7 @@ TOKENIZER_PROBES: tuple[str, ...] = (
     "Hello world! It's 2024; we've got 1234567 tokens, don't we?",
     "  two  spaces,\ttab and\n\nnew lines  ",
     "Caf\u00e9 na\u00efve r\u00e9sum\u00e9 \u2014 \u00fcber Stra\u00dfe, 3.14159 and x**2 + y_1 == {z}",
+    PROBE_TEXT,  # llama.cpp's own: emoji, digit runs, CJK, Khmer, Cyrillic, quote runs
 )
 
 
@@ -150,7 +152,7 @@ class GgufConverter(Converter):
 
             keep = tensor_names(src, model, arch, opts.exclude_layers)
         tokenizer = hf_tokenizer(folder)
-        vocab = read_vocab(folder, rows, model.config, opts.pre_tokenizer, backend_json(tokenizer))
+        vocab = read_vocab(folder, rows, model.config, opts.pre_tokenizer, backend_json(tokenizer), hf=tokenizer)
         if ctx.calibration is not None:
             tokens, origin = real_tokens(ctx.calibration.batches(64)), ctx.calibration.origin
         else:
@@ -180,7 +182,7 @@ class GgufConverter(Converter):
                            float_file=precision in FLOAT_PRECISIONS)
             details["exclusions"] = result.to_dict()
             result.raise_if_missing(self.format.value, precision.value)
-        details.update(tensor_types=header.tensor_types(), architecture=base.arch.name,
+        details.update(tensor_types=header.tensor_types(), architecture=base.arch.arch_name, family=base.arch.name,
                        tokenizer=base.vocab.describe(), write_seconds=round(rss.seconds, 3),
                        rss_mb_at_start=round(rss.start, 1), peak_rss_mb=round(rss.peak, 1))
         return Built(out, [], route, details, runtime_hints={"runtime": "llamacpp"})
@@ -225,7 +227,7 @@ class GgufConverter(Converter):
             shutil.copyfile(path, out)
             return dict(details)
         return write_gguf(out, base.model, base.arch, base.vocab, precision, base.name,
-                          progress=lambda i, n: ctx.report(f"write {out.name}", i, n))
+                          progress=lambda i, n: ctx.report(f"write {out.name}", i, n), folder=base.folder)
 
     def _intermediate(self, base: GgufBase, precision: Precision, ctx: BuildContext) -> Path:
         kind = "f16" if precision is Precision.FP16 else "f32"

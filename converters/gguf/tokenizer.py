@@ -47,11 +47,19 @@ class GgufVocab:
     add_eos: bool = False
     add_space_prefix: bool | None = None
     chat_templates: dict[str, str] = field(default_factory=dict)  # "" is the default one
+    pre_source: str | None = None  # how ``pre`` was decided: probe hash, tokenizer.json or option
+    pre_hash: str | None = None  # sha256 of the tokenizer's ids on llama.cpp's probe text
+    pre_disagreement: str | None = None  # tokenizer.json and the tokenizer's behaviour name different ones
 
     def describe(self) -> dict[str, Any]:
-        return {"model": self.model, "pre": self.pre, "tokens": len(self.tokens),
-                "merges": len(self.merges) if self.merges else 0, "special": dict(self.special),
-                "add_bos": self.add_bos, "chat_template": bool(self.chat_templates)}
+        out = {"model": self.model, "pre": self.pre, "tokens": len(self.tokens),
+               "merges": len(self.merges) if self.merges else 0, "special": dict(self.special),
+               "add_bos": self.add_bos, "chat_template": bool(self.chat_templates)}
+        if self.pre is not None:
+            out.update(pre_source=self.pre_source, pre_hash=self.pre_hash)
+        if self.pre_disagreement:
+            out["pre_disagreement"] = self.pre_disagreement
+        return out
 
 
 def _pre_signature(pre: dict[str, Any] | None) -> tuple[str, ...]:
@@ -134,10 +142,11 @@ def backend_json(tokenizer: Any) -> dict[str, Any] | None:
 
 
 def read_vocab(folder: Path, vocab_size: int, config: Any, pre_override: str | None = None,
-               tokenizer: dict[str, Any] | None = None) -> GgufVocab:
+               tokenizer: dict[str, Any] | None = None, hf: Any = None) -> GgufVocab:
     """Build the GGUF vocabulary from ``tokenizer`` (a tokenizers JSON; default
     ``folder/tokenizer.json``) and ``tokenizer_config.json``, padded with unused ``[PAD{i}]``
-    tokens up to the embedding's ``vocab_size`` rows."""
+    tokens up to the embedding's ``vocab_size`` rows. ``hf`` (the loaded Hugging Face tokenizer)
+    names the pre-tokenizer by its behaviour on llama.cpp's probe text (:mod:`.pretok`)."""
     path = folder / "tokenizer.json"
     if tokenizer is None and not path.is_file():
         raise ExportError(f"{folder} has no tokenizer.json, which GGUF conversion reads the vocabulary from",
@@ -195,15 +204,25 @@ def read_vocab(folder: Path, vocab_size: int, config: Any, pre_override: str | N
         return GgufVocab("llama", tokens, types, scores=_spm_scores(tokens, merges), pre=None,
                          special=special, add_bos=add_bos, add_eos=add_eos,
                          add_space_prefix=_adds_space_prefix(data), chat_templates=templates)
+    from edgekit.converters.gguf.pretok import detect
+
     sig = _pre_signature(data.get("pre_tokenizer"))
-    pre = pre_override or PRE_TOKENIZERS.get(sig)
+    by_json = PRE_TOKENIZERS.get(sig)
+    by_hash, digest = detect(hf)
+    pre = pre_override or by_hash or by_json
+    source = "option" if pre_override else "probe hash" if by_hash else "tokenizer.json"
+    disagreement = None
+    if by_hash and by_json and by_hash != by_json:
+        disagreement = (f"tokenizer.json's pre-tokenizer reads as {by_json!r}, but the tokenizer encodes "
+                        f"llama.cpp's probe text as {by_hash!r} does; {by_hash!r} is written")
     if pre is None:
         raise ExportError(f"llama.cpp has no pre-tokenizer known to match this tokenizer ({' + '.join(sig) or 'none'})",
                           fix="if you know llama.cpp's name for it, pass -O gguf.pre_tokenizer=NAME (e.g. gpt-2, "
                           "llama-bpe, qwen2, smollm); verification then checks llama.cpp tokenizes like "
                           "Hugging Face")
     return GgufVocab("gpt2", tokens, types, merges=merges, pre=pre, special=special, add_bos=add_bos,
-                     add_eos=add_eos, chat_templates=templates)
+                     add_eos=add_eos, chat_templates=templates, pre_source=source, pre_hash=digest,
+                     pre_disagreement=disagreement)
 
 
 def _spm_scores(tokens: list[str], merges: list[str]) -> list[float]:

@@ -1,8 +1,9 @@
 """Write a Hugging Face causal LM as GGUF, one tensor at a time.
 
-The tensor plan (names, shapes, output types) is made from the state dict's metadata first; the
-header is written from the plan, then each tensor is converted, quantized and written before the
-next one is touched, so memory holds the model plus about one tensor, never a second copy.
+The tensor plan (names, shapes, output types) is made from the checkpoint's metadata first (names
+through the ``gguf`` package's tables for the family's architecture); the header is written from
+the plan, then each tensor is read (memory-mapped from safetensors when the checkpoint has them),
+converted, quantized and written before the next one is touched.
 """
 
 from __future__ import annotations
@@ -14,14 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.converters.gguf.arch import (
-    ROPE_SCALING,
-    Arch,
-    Transform,
-    hparam_values,
-    llama3_rope_factors,
-    rope_settings,
-)
+from edgekit.converters.gguf.arch import Arch, NameMap, Transform, block_count, head_dim, hparam_values
+from edgekit.converters.gguf.rope import llama3_rope_factors, rope_keys, rope_settings
+from edgekit.converters.gguf.tensors import StateDictSource, TensorSource, open_source
 from edgekit.converters.gguf.tokenizer import GgufVocab
 from edgekit.errors import ExportError
 from edgekit.types import Precision
@@ -45,60 +41,65 @@ class PlannedTensor:
     transform: Transform
     type_name: str  # ggml type it is written as
     fallback: bool = False  # quantizable in principle, but its row size does not fit the blocks
+    offset: float = 0.0  # added before writing (Gemma's norms)
 
 
-def _is_tied(model: Any, arch: Arch, state: dict[str, Any]) -> bool:
-    if arch.lm_head not in state:
+# tensors llama.cpp keeps in f32 whatever the file type (position tables, token-type tables)
+ALWAYS_F32 = ("position_embd.weight", "token_types.weight")
+
+
+def _is_tied(config: Any, source: TensorSource, head: str | None, emb: str | None) -> bool:
+    if head is None or head not in source:
         return True
-    head, emb = state[arch.lm_head], state.get(arch.embedding)
-    if emb is None:
-        return False
-    if head.data_ptr() == emb.data_ptr():
+    if emb is not None and source.same_storage(head, emb):
         return True
-    return bool(getattr(model.config, "tie_word_embeddings", False))
+    return bool(getattr(config, "tie_word_embeddings", False))
 
 
-def plan_tensors(model: Any, arch: Arch, precision: Precision) -> list[PlannedTensor]:
-    """Every tensor of the GGUF file, in writing order, with the type it is stored as."""
+def _type_for(gguf_name: str, shape: tuple[int, ...], wanted: str, block: int) -> tuple[str, bool]:
+    """The ggml type llama.cpp's converter gives this tensor in a ``wanted`` file, and whether it
+    fell back to f16 because its rows do not fit the quantization blocks."""
+    if len(shape) < 2 or gguf_name.endswith("_norm.weight") or not gguf_name.endswith(".weight") \
+            or gguf_name.endswith(ALWAYS_F32):
+        return "F32", False
+    if wanted not in ("F32", "F16", "BF16") and shape[-1] % block:
+        return "F16", True
+    return wanted, False
+
+
+def plan_tensors(model: Any, arch: Arch, precision: Precision, source: TensorSource | None = None
+                 ) -> list[PlannedTensor]:
+    """Every tensor of the GGUF file, in the checkpoint's order, with the type it is stored as."""
     import gguf
 
-    n_layers = hparam_values(arch, model.config)[f"{arch.name}.block_count"]
-    state = model.state_dict()
-    tied = _is_tied(model, arch, state)
+    source = source if source is not None else StateDictSource(model)
+    to_gguf = NameMap(arch, block_count(arch, model.config))
     wanted = DIRECT[precision][0]
-    qtype = gguf.GGMLQuantizationType[wanted]
-    block = gguf.GGML_QUANT_SIZES[qtype][0]
-    used: set[str] = set()
-    plan: list[PlannedTensor] = []
-    for rule in arch.tensors:
-        names = [(rule.hf.format(bid=b), rule.gguf.format(bid=b)) for b in range(n_layers)] \
-            if "{bid}" in rule.hf else [(rule.hf, rule.gguf)]
-        for hf_name, gguf_name in names:
-            if hf_name == arch.lm_head and tied:
-                used.add(hf_name)
-                continue
-            if hf_name not in state:
-                if rule.optional:
-                    continue
-                raise ExportError(f"the checkpoint has no tensor {hf_name!r}, which {arch.name} needs",
-                                  fix="check that the model is a standard "
-                                  f"{'/'.join(arch.hf_classes)} checkpoint")
-            used.add(hf_name)
-            shape = tuple(int(s) for s in state[hf_name].shape)
-            if rule.transform is Transform.TRANSPOSE:
-                shape = shape[::-1]
-            if len(shape) < 2:  # norms and biases stay f32, as llama.cpp's own files do
-                plan.append(PlannedTensor(gguf_name, hf_name, shape, rule.transform, "F32"))
-            elif shape[-1] % block:
-                plan.append(PlannedTensor(gguf_name, hf_name, shape, rule.transform, "F16", fallback=True))
-            else:
-                plan.append(PlannedTensor(gguf_name, hf_name, shape, rule.transform, wanted))
-    leftover = sorted(k for k in state if k not in used and not any(k.endswith(s) for s in arch.ignore))
+    block = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[wanted]][0]
+    mapped = [(hf, to_gguf(hf)) for hf in source.names() if not arch.ignored(hf)]
+    head = next((hf for hf, g in mapped if g == "output.weight"), None)
+    emb = next((hf for hf, g in mapped if g == "token_embd.weight"), None)
+    tied = _is_tied(model.config, source, head, emb)
+    leftover = sorted(hf for hf, g in mapped if g is None)
     if leftover:
         raise ExportError(f"{len(leftover)} tensor(s) of the checkpoint have no place in llama.cpp's "
-                          f"{arch.name} layout, e.g. {leftover[0]!r}",
+                          f"{arch.arch_name} layout, e.g. {leftover[0]!r}",
                           fix="this is a variant of the architecture edgekit does not map yet; "
                           "convert it to ONNX instead, or report the model")
+    plan: list[PlannedTensor] = []
+    for hf_name, gguf_name in mapped:
+        if gguf_name == "output.weight" and tied:
+            continue
+        transform = arch.transform(hf_name)
+        shape = source.shape(hf_name)
+        if transform is Transform.TRANSPOSE:
+            shape = shape[::-1]
+        type_name, fallback = _type_for(gguf_name, shape, wanted, block)
+        offset = arch.norm_offset if hf_name.endswith("norm.weight") else 0.0
+        plan.append(PlannedTensor(gguf_name, hf_name, shape, transform, type_name, fallback, offset))
+    if not any(t.name == "token_embd.weight" for t in plan):
+        raise ExportError(f"the checkpoint has no token embedding that {arch.arch_name} needs",
+                          fix=f"check that the model is a standard {'/'.join(arch.hf_classes)} checkpoint")
     return plan
 
 
@@ -112,28 +113,6 @@ def rope_tensors(arch: Arch, config: Any, head_dim: int) -> list[tuple[str, np.n
     return []
 
 
-def rope_keys(arch: Arch, config: Any) -> dict[str, Any]:
-    if not arch.rope:
-        return {}
-    rope = rope_settings(config)
-    kind = rope["rope_type"]
-    if kind not in ROPE_SCALING:
-        raise ExportError(f"rope scaling {kind!r} is not supported by edgekit's GGUF writer",
-                          fix=f"supported rope types: {', '.join(ROPE_SCALING)}")
-    keys: dict[str, Any] = {}
-    if rope["rope_theta"] is not None:
-        keys[f"{arch.name}.rope.freq_base"] = float(rope["rope_theta"])
-    if ROPE_SCALING[kind] == "linear":
-        keys[f"{arch.name}.rope.scaling.type"] = "linear"
-        keys[f"{arch.name}.rope.scaling.factor"] = float(rope.get("factor", 1.0))
-    elif ROPE_SCALING[kind] == "yarn":
-        keys[f"{arch.name}.rope.scaling.type"] = "yarn"
-        keys[f"{arch.name}.rope.scaling.factor"] = float(rope.get("factor", 1.0))
-        if rope.get("original_max_position_embeddings"):
-            keys[f"{arch.name}.rope.scaling.original_context_length"] = int(rope["original_max_position_embeddings"])
-    return keys
-
-
 def permute_rope(w: np.ndarray, n_head: int) -> np.ndarray:
     """Rows of a Q/K projection from Hugging Face's rotate-half order to llama.cpp's interleaved
     order: per head, row ``j`` of the first half and row ``j`` of the second half become a pair."""
@@ -141,25 +120,36 @@ def permute_rope(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, 2, rows // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+def split_qkv_heads(w: np.ndarray, n_head: int) -> np.ndarray:
+    """A fused QKV stored head by head (GPT-NeoX, Bloom: [q0 k0 v0 q1 k1 v1 ...]) as [Q; K; V]."""
+    per = w.reshape(n_head, 3, w.shape[0] // n_head // 3, *w.shape[1:])
+    return np.concatenate([per[:, i].reshape(-1, *w.shape[1:]) for i in range(3)], axis=0)
+
+
 def tensor_data(t: PlannedTensor, value: Any, n_head: int, n_head_kv: int) -> np.ndarray:
-    """The tensor as written: transformed, then cast or quantized to ``t.type_name``."""
+    """The tensor as written: offset, transformed, then cast or quantized to ``t.type_name``."""
     import gguf
     import torch
 
     with torch.no_grad():
-        arr = value.detach().to(torch.float32).cpu().numpy()
+        if value.dtype not in (torch.float16, torch.float32):
+            value = value.to(torch.float32)  # bf16 and the rest, as llama.cpp's converter does
+        if t.offset:
+            value = value + t.offset  # in the checkpoint's precision, as llama.cpp adds it
+        arr = value.cpu().numpy()
     if t.transform is Transform.ROPE_Q:
         arr = permute_rope(arr, n_head)
     elif t.transform is Transform.ROPE_K:
         arr = permute_rope(arr, n_head_kv)
     elif t.transform is Transform.TRANSPOSE:
         arr = arr.T
-    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    elif t.transform is Transform.QKV_HEADS:
+        arr = split_qkv_heads(arr, n_head)
     if t.type_name == "F32":
-        return arr
+        return np.ascontiguousarray(arr, dtype=np.float32)
     if t.type_name == "F16":
-        return arr.astype(np.float16)
-    return gguf.quants.quantize(arr, gguf.GGMLQuantizationType[t.type_name])
+        return np.ascontiguousarray(arr, dtype=np.float16)
+    return gguf.quants.quantize(np.ascontiguousarray(arr), gguf.GGMLQuantizationType[t.type_name])
 
 
 def _nbytes_and_shape(t: PlannedTensor) -> tuple[int, tuple[int, ...], Any, Any]:
@@ -174,15 +164,21 @@ def _nbytes_and_shape(t: PlannedTensor) -> tuple[int, tuple[int, ...], Any, Any]
 
 
 def add_metadata(writer: Any, arch: Arch, config: Any, vocab: GgufVocab, name: str, file_type: int,
-                 quantized: bool) -> None:
+                 n_params: int = 0) -> None:
     """general.*, the architecture's hyper-parameters, rope settings and tokenizer.* keys."""
-    writer.add_name(name)
+    import gguf
+
     writer.add_type("model")
+    writer.add_name(name)
+    if n_params:
+        writer.add_size_label(gguf.size_label(n_params, 0, 0, 0))
     writer.add_file_type(file_type)
-    if quantized:
-        writer.add_quantization_version(QUANT_VERSION)
-    values = {**hparam_values(arch, config), **rope_keys(arch, config)}
-    values[f"{arch.name}.vocab_size"] = len(vocab.tokens)
+    writer.add_quantization_version(QUANT_VERSION)  # as llama.cpp writes it, whatever the file type
+    values = hparam_values(arch, config)
+    if arch.rope:
+        values.update(rope_keys(arch.arch_name, config))
+    if f"{arch.arch_name}.vocab_size" in values:
+        values[f"{arch.arch_name}.vocab_size"] = len(vocab.tokens)
     for key, value in values.items():
         if isinstance(value, bool):
             writer.add_bool(key, value)
@@ -190,8 +186,15 @@ def add_metadata(writer: Any, arch: Arch, config: Any, vocab: GgufVocab, name: s
             writer.add_uint32(key, value)
         elif isinstance(value, float):
             writer.add_float32(key, value)
+        elif isinstance(value, list):
+            writer.add_array(key, value)
         else:
             writer.add_string(key, str(value))
+    add_vocab(writer, vocab)
+
+
+def add_vocab(writer: Any, vocab: GgufVocab) -> None:
+    """tokenizer.ggml.* and the chat template(s)."""
     writer.add_string("tokenizer.ggml.model", vocab.model)
     if vocab.pre is not None:
         writer.add_string("tokenizer.ggml.pre", vocab.pre)
@@ -216,46 +219,50 @@ def add_metadata(writer: Any, arch: Arch, config: Any, vocab: GgufVocab, name: s
 
 
 def write_gguf(path: Path, model: Any, arch: Arch, vocab: GgufVocab, precision: Precision, name: str,
-               progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    """Write ``model`` as a GGUF file at ``precision`` (one of :data:`DIRECT`); return details."""
+               progress: Callable[[int, int], None] | None = None, folder: Path | None = None) -> dict[str, Any]:
+    """Write ``model`` as a GGUF file at ``precision`` (one of :data:`DIRECT`); return details.
+    With ``folder`` (the Hugging Face directory), weights are read from its safetensors files,
+    memory-mapped, one tensor at a time; otherwise from the model's state dict."""
     import gguf
 
     config = model.config
-    values = hparam_values(arch, config)
     n_head = int(getattr(config, "num_attention_heads", 0) or getattr(config, "n_head", 0))
     n_head_kv = int(getattr(config, "num_key_value_heads", None) or n_head)
-    head_dim = values.get(f"{arch.name}.rope.dimension_count", 0)
-    plan = plan_tensors(model, arch, precision)
-    extra = rope_tensors(arch, config, head_dim)
-    type_name, file_type = DIRECT[precision]
-    writer = gguf.GGUFWriter(None, arch.name)
-    add_metadata(writer, arch, config, vocab, name, file_type, quantized=precision is Precision.Q8_0)
-    for t in plan:
-        nbytes, shape, dtype, raw = _nbytes_and_shape(t)
-        writer.add_tensor_info(t.name, shape, np.dtype(dtype), nbytes, raw_dtype=raw)
-    for tname, arr in extra:
-        writer.add_tensor_info(tname, arr.shape, arr.dtype, arr.nbytes)
-    state = model.state_dict()
+    source = open_source(model, folder)
     try:
-        writer.open_output_file(path)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-        for i, t in enumerate(plan):
-            writer.write_tensor_data(tensor_data(t, state[t.source], n_head, n_head_kv))
-            if progress is not None:
-                progress(i + 1, len(plan))
-        for _, arr in extra:
-            writer.write_tensor_data(arr)
+        plan = plan_tensors(model, arch, precision, source)
+        extra = rope_tensors(arch, config, head_dim(config))
+        type_name, file_type = DIRECT[precision]
+        writer = gguf.GGUFWriter(None, arch.arch_name)
+        n_params = sum(int(np.prod(t.shape)) for t in plan)
+        add_metadata(writer, arch, config, vocab, name, file_type, n_params)
+        for tname, arr in extra:
+            writer.add_tensor_info(tname, arr.shape, arr.dtype, arr.nbytes)
+        for t in plan:
+            nbytes, shape, dtype, raw = _nbytes_and_shape(t)
+            writer.add_tensor_info(t.name, shape, np.dtype(dtype), nbytes, raw_dtype=raw)
+        try:
+            writer.open_output_file(path)
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_ti_data_to_file()
+            for _, arr in extra:
+                writer.write_tensor_data(arr)
+            for i, t in enumerate(plan):
+                writer.write_tensor_data(tensor_data(t, source.get(t.source), n_head, n_head_kv))
+                if progress is not None:
+                    progress(i + 1, len(plan))
+        finally:
+            writer.close()
     finally:
-        writer.close()
+        source.close()
     types: dict[str, int] = {}
     for t in plan:
         types[t.type_name] = types.get(t.type_name, 0) + 1
     for _ in extra:
         types["F32"] = types.get("F32", 0) + 1
     fallbacks = [t.name for t in plan if t.fallback]
-    return {"tensor_types": types, "tensors": len(plan) + len(extra),
+    return {"tensor_types": types, "tensors": len(plan) + len(extra), "weights_from": source.kind,
             "fallback_to_f16": fallbacks[:8] + ([f"... {len(fallbacks) - 8} more"] if len(fallbacks) > 8 else []),
             "tied_embeddings": not any(t.name == "output.weight" for t in plan)}
 

@@ -1,0 +1,238 @@
+"""GGUF for every claimed family: a tiny random model of each (2 layers, hidden 64) built here with
+an offline tokenizer, written by edgekit at f16, run by llama.cpp and compared with PyTorch
+(top-1 agreement 1.0 outside exact ties, mean cosine >= 0.9999); then, tensor by tensor, against
+llama.cpp's own ``convert_hf_to_gguf.py`` from the llama-cpp-python sdist (same names, types,
+shapes and bytes; same ``{arch}.*`` hyper-parameters wherever llama.cpp writes one).
+
+llama.cpp's converter needs the sdist (``pip download --no-deps --no-binary :all:
+llama-cpp-python==0.3.36 -d ~/.cache/edgekit/sdist``); without it the identity tests skip and say
+so. It runs in a subprocess with the sdist's own ``gguf-py`` first on ``sys.path`` (its tables
+must match its code) and a vocabulary it can read: our trained tokenizers hash to no known
+pre-tokenizer, so the pre-tokenizer name is pinned and ``set_vocab`` reads the BPE tokenizer.
+Only the tensors and hyper-parameters are compared.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+gguf = pytest.importorskip("gguf", reason="the gguf package is not installed: pip install 'edgekit[convert]'")
+pytest.importorskip("tokenizers")
+
+from tests.conftest import bpe_tokenizer, save_random_lm  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+SDIST_VERSION = "0.3.36"
+SDIST = Path.home() / ".cache" / "edgekit" / "sdist" / f"llama_cpp_python-{SDIST_VERSION}.tar.gz"
+DOWNLOAD = (f"pip download --no-deps --no-binary :all: llama-cpp-python=={SDIST_VERSION} "
+            f"-d {SDIST.parent}")
+SMALL = dict(vocab_size=512, bos_token_id=1, eos_token_id=2, pad_token_id=2)
+DEC = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+           num_key_value_heads=2, max_position_embeddings=512)
+LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+
+# family -> (config class, model class, tiny config); every family of converters/gguf/families.py
+FAMILIES: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "llama": ("LlamaConfig", "LlamaForCausalLM", dict(**DEC, rope_parameters=LLAMA3_ROPE, tie_word_embeddings=True)),
+    "mistral": ("MistralConfig", "MistralForCausalLM", dict(**DEC, sliding_window=None)),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", dict(**DEC, tie_word_embeddings=True)),
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", dict(**DEC, head_dim=32, tie_word_embeddings=True)),
+    "gemma": ("GemmaConfig", "GemmaForCausalLM", dict(**DEC, head_dim=16)),
+    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", dict(**DEC, head_dim=16, sliding_window=16,
+                                                          query_pre_attn_scalar=16)),
+    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM", dict(**DEC, head_dim=16, sliding_window=16,
+                                                              query_pre_attn_scalar=16)),
+    "phi3": ("Phi3Config", "Phi3ForCausalLM", dict(**DEC)),
+    "gpt2": ("GPT2Config", "GPT2LMHeadModel", dict(n_embd=64, n_layer=2, n_head=4, n_positions=512)),
+    "olmo": ("OlmoConfig", "OlmoForCausalLM", dict(**DEC)),
+    "olmo2": ("Olmo2Config", "Olmo2ForCausalLM", dict(**DEC)),
+    "stablelm": ("StableLmConfig", "StableLmForCausalLM", dict(**DEC, partial_rotary_factor=0.5)),
+    "granite": ("GraniteConfig", "GraniteForCausalLM", dict(**DEC, embedding_multiplier=2.0, residual_multiplier=0.5,
+                                                            attention_multiplier=0.1, logits_scaling=0.5)),
+    "starcoder2": ("Starcoder2Config", "Starcoder2ForCausalLM", dict(**DEC)),
+    "smollm3": ("SmolLM3Config", "SmolLM3ForCausalLM", dict(**{**DEC, "num_hidden_layers": 4})),  # layer 3: no rope
+    # intermediate 4 * hidden: llama.cpp's converter writes feed_forward_length = 4 * n_embd whatever the config says
+    "phi2": ("PhiConfig", "PhiForCausalLM", dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2,
+                                                 num_attention_heads=4, max_position_embeddings=512,
+                                                 partial_rotary_factor=0.5)),
+    "command-r": ("CohereConfig", "CohereForCausalLM", dict(**DEC, logit_scale=0.5)),
+    "arcee": ("ArceeConfig", "ArceeForCausalLM", dict(**DEC)),
+    "seed_oss": ("SeedOssConfig", "SeedOssForCausalLM", dict(**DEC, head_dim=16)),
+    "exaone4": ("Exaone4Config", "Exaone4ForCausalLM", dict(**DEC)),
+    "ernie4_5": ("Ernie4_5Config", "Ernie4_5ForCausalLM", dict(**DEC)),
+    "olmo3": ("Olmo3Config", "Olmo3ForCausalLM", dict(**DEC, sliding_window=16)),
+    "glm4": ("Glm4Config", "Glm4ForCausalLM", dict(**DEC, head_dim=16)),
+    "bloom": ("BloomConfig", "BloomForCausalLM", dict(hidden_size=64, n_layer=2, n_head=4)),
+    "starcoder": ("GPTBigCodeConfig", "GPTBigCodeForCausalLM", dict(n_embd=64, n_layer=2, n_head=4, n_positions=512,
+                                                                    multi_query=True)),
+    "nemotron": ("NemotronConfig", "NemotronForCausalLM", dict(**DEC, partial_rotary_factor=0.5)),
+}
+
+
+def _sdist_root(cache: Path) -> Path:
+    """llama.cpp's converter, its ``conversion`` package and ``gguf-py``, from the sdist."""
+    if not SDIST.is_file():
+        pytest.skip(f"llama.cpp's convert_hf_to_gguf.py comes from the llama-cpp-python sdist; get it with: {DOWNLOAD}")
+    root = cache / f"llama_cpp_python-{SDIST_VERSION}" / "vendor" / "llama.cpp"
+    if not (root / "convert_hf_to_gguf.py").is_file():
+        prefix = f"llama_cpp_python-{SDIST_VERSION}/vendor/llama.cpp/"
+        wanted = (prefix + "convert_hf_to_gguf.py", prefix + "conversion/", prefix + "gguf-py/gguf/")
+        with tarfile.open(SDIST) as tar:
+            members = [m for m in tar.getmembers() if m.name.startswith(wanted) or m.name == wanted[0]]
+            tar.extractall(cache, members=members, filter="data")
+    return root
+
+
+# runs in a subprocess: llama.cpp's converter over several models, one status line each
+_DRIVER = r"""
+import json, runpy, sys, traceback
+from pathlib import Path
+root, jobs = Path(sys.argv[1]), json.loads(sys.argv[2])
+sys.path[:0] = [str(root / "gguf-py"), str(root)]
+import conversion
+from conversion import base
+base.TextModel.get_vocab_base_pre = lambda self, tokenizer: "gpt-2"
+_get = conversion.get_model_class
+def _with_bpe_vocab(name, mmproj=False):
+    cls = _get(name, mmproj)
+    cls.set_vocab = lambda self: self._set_vocab_gpt2()
+    return cls
+conversion.get_model_class = _with_bpe_vocab
+for src, out in jobs:
+    sys.argv = [str(root / "convert_hf_to_gguf.py"), src, "--outtype", "f16", "--outfile", out]
+    try:
+        runpy.run_path(sys.argv[0], run_name="__main__")
+        status = "ok"
+    except BaseException as e:
+        status = (traceback.format_exception_only(type(e), e)[-1].strip() or repr(e))[:300]
+    print(json.dumps({"src": src, "status": status}), flush=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def tok_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("tok")
+    bpe_tokenizer(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tok_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Every family's tiny checkpoint, saved once for the module."""
+    root = tmp_path_factory.mktemp("families")
+    out = {}
+    for fam, (cfg_name, cls_name, kw) in FAMILIES.items():
+        cfg = getattr(transformers, cfg_name)(**SMALL, **kw)
+        cfg.architectures = [cls_name]
+        out[fam] = save_random_lm(getattr(transformers, cls_name)(cfg), root / fam, tok_dir)
+    return out
+
+
+@pytest.fixture(scope="module")
+def llama_cpp_files(checkpoints: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """llama.cpp's own f16 file of every checkpoint (or why its converter failed), in one process."""
+    root = _sdist_root(SDIST.parent)
+    out_dir = tmp_path_factory.mktemp("llama_cpp_out")
+    jobs = [(str(d), str(out_dir / f"{fam}.gguf")) for fam, d in checkpoints.items()]
+    env = {**os.environ, "PYTHONPATH": "", "NO_LOCAL_GGUF": "1"}
+    proc = subprocess.run([sys.executable, "-c", _DRIVER, str(root), json.dumps(jobs)], capture_output=True,
+                          text=True, timeout=600, env=env)
+    status = {json.loads(line)["src"]: json.loads(line)["status"] for line in proc.stdout.splitlines()
+              if line.startswith("{")}
+    assert status, proc.stderr[-2000:]
+    return {fam: (Path(out) if status.get(src) == "ok" else status.get(src, "did not run"))
+            for (fam, _), (src, out) in zip(checkpoints.items(), jobs)}
+
+
+_WRITTEN: dict[str, Path] = {}
+
+
+def _write(fam: str, folder: Path, out: Path) -> Path:
+    """edgekit's f16 file of a family's checkpoint (written once per session)."""
+    if fam in _WRITTEN:
+        return _WRITTEN[fam]
+    from edgekit.converters.gguf.arch import arch_for
+    from edgekit.converters.gguf.tokenizer import read_vocab
+    from edgekit.converters.gguf.write import write_gguf
+    from edgekit.types import Precision
+
+    cfg = transformers.AutoConfig.from_pretrained(folder)
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder)
+    arch = arch_for(type(model).__name__)
+    assert arch.name == fam
+    # not the family name: llama.cpp gives tokens of a model named "phi3" attributes by name
+    write_gguf(out, model, arch, read_vocab(folder, SMALL["vocab_size"], cfg), Precision.FP16, "tiny", folder=folder)
+    _WRITTEN[fam] = out
+    return out
+
+
+def test_every_family_is_registered_once_and_names_its_architecture() -> None:
+    from edgekit.converters.gguf.families import FAMILIES as REGISTERED
+
+    classes = [c for f in REGISTERED.values() for c in f.hf_classes]
+    assert len(classes) == len(set(classes))
+    assert set(FAMILIES) == set(REGISTERED) and len(FAMILIES) >= 20  # every registered family is tested
+    for fam in REGISTERED.values():
+        assert fam.arch_name == gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH[fam.arch]]
+
+
+@pytest.mark.parametrize("fam", list(FAMILIES))
+def test_family_f16_matches_pytorch_in_llama_cpp(fam: str, checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed: pip install 'edgekit[llamacpp]'")
+    import edgekit
+    from edgekit.perplexity import top1_agrees
+
+    folder = checkpoints[fam]
+    path = _write(fam, folder, folder.parent / f"{fam}.gguf")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
+    ids = [1] + list(range(3, 90))
+    with torch.inference_mode():
+        expected = hf(input_ids=torch.tensor([ids])).logits[0].float().numpy().astype(np.float64)
+    with edgekit.load(path, threads=2) as m:
+        got = m.logits(ids).astype(np.float64)
+    cos = (got * expected).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(expected, axis=1)
+    assert top1_agrees(expected, got).all(), fam
+    assert cos.mean() >= 0.9999 and cos.min() > 0.999, (fam, cos.mean(), cos.min())
+    assert np.abs(expected).max() > 1.0  # peaked logits: top-1 means something
+
+
+def _tensors(path: Path) -> dict[str, Any]:
+    return {t.name: t for t in gguf.GGUFReader(path).tensors}
+
+
+def _arch_keys(path: Path) -> dict[str, Any]:
+    r = gguf.GGUFReader(path)
+    arch = r.fields["general.architecture"].contents()
+    return {k: f.contents() for k, f in r.fields.items() if k.startswith(arch + ".")}
+
+
+@pytest.mark.parametrize("fam", list(FAMILIES))
+def test_family_tensors_are_identical_to_llama_cpps_converter(fam: str, checkpoints: dict[str, Path],
+                                                              llama_cpp_files: dict[str, Any], tmp_path: Path) -> None:
+    theirs = llama_cpp_files[fam]
+    if not isinstance(theirs, Path):
+        pytest.skip(f"llama.cpp's convert_hf_to_gguf.py fails on this config: {theirs}")
+    ours = _write(fam, checkpoints[fam], checkpoints[fam].parent / f"{fam}.gguf")
+    a, b = _tensors(ours), _tensors(theirs)
+    assert sorted(a) == sorted(b)
+    for name in a:
+        x, y = a[name], b[name]
+        assert (x.tensor_type, list(x.shape)) == (y.tensor_type, list(y.shape)), name
+        assert np.asarray(x.data).tobytes() == np.asarray(y.data).tobytes(), name
+    ka, kb = _arch_keys(ours), _arch_keys(theirs)
+    for key, value in kb.items():
+        assert key in ka and ka[key] == pytest.approx(value), (key, ka.get(key), value)
+
