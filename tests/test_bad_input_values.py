@@ -283,3 +283,14 @@ def test_calib_keys_are_checked_before_a_recipe_trains(tmp_path: Path, monkeypat
                             precisions=["int8"], calib=tmp_path / "calib.npz", out=tmp_path / "o")
     assert info.value.problem.startswith("calib.npz: missing input(s) ['x'] and unknown key(s) ['xx']")
     assert trained == [] and not (tmp_path / "o").exists()
+
+
+def test_sensitivity_checks_its_data_paths_before_loading(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgekit.optimize.sensitivity import sensitivity
+
+    calls = _slow_source_loader(monkeypatch)
+    with pytest.raises(ArtifactError, match="no such data file"):
+        sensitivity("builtin:digits-cnn", data=tmp_path / "nope.npz")
+    with pytest.raises(ArtifactError, match="is a directory"):
+        sensitivity("builtin:digits-cnn", eval=tmp_path)
+    assert calls == []

@@ -189,6 +189,10 @@ def sensitivity(source_or_module: ModelRef, example_inputs: ExampleInputs = None
         raise ConfigError(f"bits must be in [2, 16] (activation_bits 0 or [2, 16]), got {bits}/{activation_bits}",
                           fix="e.g. bits=8 (int8) or bits=4")
     apply = perturb.get(mode)
+    from edgekit.calib import check_data_files
+
+    check_data_files(calib=data if isinstance(data, (str, Path)) else None,  # before the model loads
+                     eval_data=eval if isinstance(eval, (str, Path)) else None)
     source = resolve_source(source_or_module, example_inputs, **source_kwargs)
     found = find_layers(source)
     names = resolve(source, layers) if layers is not None else list(found)
