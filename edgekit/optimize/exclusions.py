@@ -212,10 +212,12 @@ class WeightIndex:
         for table, per_channel in ((self.exact, False), (self.channel, True)):
             if per_channel and arr.ndim < 3:
                 break
-            fp = fingerprint(arr, per_channel)
-            hits = [n for n, other in table.items() if same_fingerprint(fp, other)]
-            if len(hits) == 1:
-                return hits[0]
+            # per channel, output channels first, then last (TFLite depthwise [1, kh, kw, C])
+            for view in (arr, np.moveaxis(arr, -1, 0)) if per_channel else (arr,):
+                fp = fingerprint(view, per_channel)
+                hits = [n for n, other in table.items() if same_fingerprint(fp, other)]
+                if len(hits) == 1:
+                    return hits[0]
         return None
 
 
