@@ -175,12 +175,20 @@ def test_accuracy_control_keeps_layers_in_float(ov_cnn: dict) -> None:
 def test_bf16_default_without_a_hint_and_f32_from_the_manifest(ov_encoder: tuple, tmp_path: Path) -> None:
     enc, arts = ov_encoder
     src = arts["fp32"].path
-    for f in (src, src.with_suffix(".bin")):  # the IR without its manifest: nothing tells the hint
+    for f in (src, src.with_suffix(".bin")):  # the IR without its manifest: its rt_info tells the hint
         shutil.copy(f, tmp_path / f.name.replace("encoder-fp32", "bare"))
     feed = text_batch(4, seq=16, seed=3)
     want = _torch(enc, feed)
     bf16 = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
     with edgekit.load(tmp_path / "bare.xml") as m:
+        info = m.describe()
+        assert info["precision_hint_source"] == "the IR's rt_info (runtime_options)"
+        assert info["precision_hint"] == "f32"
+        assert np.abs(m.run(feed)["logits"] - want).max() < 1e-5
+    model = ov.Core().read_model(str(tmp_path / "bare.xml"))  # an IR made elsewhere: no hint anywhere
+    model.set_rt_info("default", ["runtime_options", "INFERENCE_PRECISION_HINT"])
+    ov.save_model(model, str(tmp_path / "other.xml"), compress_to_fp16=False)
+    with edgekit.load(tmp_path / "other.xml") as m:
         info = m.describe()
         assert info["precision_hint_source"] == "openvino default for the device"
         assert info["precision_hint"] == ("bf16" if bf16 else "f32")
