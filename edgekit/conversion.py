@@ -126,7 +126,11 @@ def plan_converters(targets: Sequence[str | Format] | str | None,
     converters = [CONVERTERS.get(f)() for f in formats]
     opts = {c.format: parse_options(c.Options, (options or {}).get(c.format.value)) for c in converters}
     for conv in converters:
-        conv.check(wanted or [Precision.FP32])
+        # several targets: each builds the subset it supports (the rest are listed as skipped); a
+        # precision that no target supports is still an error (named by the first target's check)
+        nowhere = [p for p in wanted or [] if not any(p in c.precisions for c in converters)]
+        own = [p for p in wanted or [] if p in conv.precisions or len(converters) == 1]
+        conv.check(nowhere or own or [Precision.FP32])
     return converters, wanted, opts
 
 
@@ -162,7 +166,8 @@ def convert_source(
         source = with_preprocess(source, preprocess)
     calibration = load_calibration(calib, source) if calib is not None else source.calibration
     evaluation = load_eval(eval_data, source) if eval_data is not None else source.evaluation
-    plan = {c.format: wanted or c.default_precisions(calibration is not None, source.task)
+    plan = {c.format: [p for p in wanted if p in c.precisions] if wanted else
+            c.default_precisions(calibration is not None, source.task)
             for c in converters}
     for conv in converters:
         needing = [p.value for p in plan[conv.format] if conv.needs_calibration(p)]
@@ -213,6 +218,9 @@ def convert_source(
             if progress:
                 progress(f"build {conv.format.value}", len(precisions_), len(precisions_))
             shutil.rmtree(work, ignore_errors=True)
+            artifacts += [Artifact(out_dir / f"{base_name}-{p.value}{conv.suffix}", conv.format, p, ArtifactStatus.SKIPPED,
+                                   f"{conv.format.value} does not support {p.value}")
+                          for p in wanted or [] if p not in conv.precisions]
     diverged = [a for a in artifacts if a.status is ArtifactStatus.DIVERGED]
     if diverged:
         v = diverged[0].verification
