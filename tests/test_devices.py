@@ -168,6 +168,19 @@ def test_ssh_config_alias(env: Path, server: sd.Sshd, device: Device) -> None:
         assert d.link.run(["true"], timeout=30).returncode == 0
 
 
+def test_host_info_block() -> None:
+    """The block every result carries: this machine's facts, load before and (with since=) after."""
+    from edgekit.host import host_info
+
+    before = host_info("bench-box")
+    assert before["name"] == "bench-box" and before["arch"] == platform.machine()
+    assert before["cores"] == os.cpu_count() and before["python"] == platform.python_version()
+    assert before["memory_bytes"] > 2**28 and before["load_after"] is None and len(before["load_before"]) == 3
+    assert before["runtimes"]["onnxruntime"]["version"] == __import__("onnxruntime").__version__
+    after = host_info(since=before)
+    assert after["started"] == before["started"] and len(after["load_after"]) == 3 and after["finished"]
+
+
 def test_inventory_addresses() -> None:
     s = parse_target("ssh://pi@192.168.1.40:2222", name="pi5", identity="~/.ssh/id_ed25519")
     assert (s.user, s.host, s.port, s.identity, s.url) == ("pi", "192.168.1.40", 2222, "~/.ssh/id_ed25519",
