@@ -18,7 +18,6 @@ import json
 import os
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +29,11 @@ transformers = pytest.importorskip("transformers")
 gguf = pytest.importorskip("gguf", reason="the gguf package is not installed: pip install 'edgekit[convert]'")
 pytest.importorskip("tokenizers")
 
+from bench.gguf_convert import DOWNLOAD, llama_cpp_root  # noqa: E402
 from tests.conftest import bpe_tokenizer, save_random_lm  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
-SDIST_VERSION = "0.3.36"
-SDIST = Path.home() / ".cache" / "edgekit" / "sdist" / f"llama_cpp_python-{SDIST_VERSION}.tar.gz"
-DOWNLOAD = (f"pip download --no-deps --no-binary :all: llama-cpp-python=={SDIST_VERSION} "
-            f"-d {SDIST.parent}")
 SMALL = dict(vocab_size=512, bos_token_id=1, eos_token_id=2, pad_token_id=2)
 DEC = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
            num_key_value_heads=2, max_position_embeddings=512)
@@ -82,17 +78,11 @@ FAMILIES: dict[str, tuple[str, str, dict[str, Any]]] = {
 }
 
 
-def _sdist_root(cache: Path) -> Path:
+def _sdist_root() -> Path:
     """llama.cpp's converter, its ``conversion`` package and ``gguf-py``, from the sdist."""
-    if not SDIST.is_file():
+    root = llama_cpp_root()
+    if root is None:
         pytest.skip(f"llama.cpp's convert_hf_to_gguf.py comes from the llama-cpp-python sdist; get it with: {DOWNLOAD}")
-    root = cache / f"llama_cpp_python-{SDIST_VERSION}" / "vendor" / "llama.cpp"
-    if not (root / "convert_hf_to_gguf.py").is_file():
-        prefix = f"llama_cpp_python-{SDIST_VERSION}/vendor/llama.cpp/"
-        wanted = (prefix + "convert_hf_to_gguf.py", prefix + "conversion/", prefix + "gguf-py/gguf/")
-        with tarfile.open(SDIST) as tar:
-            members = [m for m in tar.getmembers() if m.name.startswith(wanted) or m.name == wanted[0]]
-            tar.extractall(cache, members=members, filter="data")
     return root
 
 
@@ -144,7 +134,7 @@ def checkpoints(tok_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
 @pytest.fixture(scope="module")
 def llama_cpp_files(checkpoints: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """llama.cpp's own f16 file of every checkpoint (or why its converter failed), in one process."""
-    root = _sdist_root(SDIST.parent)
+    root = _sdist_root()
     out_dir = tmp_path_factory.mktemp("llama_cpp_out")
     jobs = [(str(d), str(out_dir / f"{fam}.gguf")) for fam, d in checkpoints.items()]
     env = {**os.environ, "PYTHONPATH": "", "NO_LOCAL_GGUF": "1"}
@@ -236,3 +226,38 @@ def test_family_tensors_are_identical_to_llama_cpps_converter(fam: str, checkpoi
     for key, value in kb.items():
         assert key in ka and ka[key] == pytest.approx(value), (key, ka.get(key), value)
 
+
+
+def test_gpt2_keeps_positions_in_f32_and_files_carry_size_label_and_quant_version(
+        checkpoints: dict[str, Path]) -> None:
+    path = _write("gpt2", checkpoints["gpt2"], checkpoints["gpt2"].parent / "gpt2.gguf")
+    r = gguf.GGUFReader(path)
+    tensors = {t.name: t.tensor_type.name for t in r.tensors}
+    assert tensors["position_embd.weight"] == "F32" and tensors["token_embd.weight"] == "F16"
+    assert tensors["blk.0.attn_qkv.weight"] == "F16" and tensors["blk.0.attn_qkv.bias"] == "F32"
+    n_params = sum(int(np.prod(t.shape)) for t in r.tensors)
+    assert r.fields["general.size_label"].contents() == gguf.size_label(n_params, 0, 0, 0)
+    assert r.fields["general.quantization_version"].contents() == 2
+
+
+def test_safetensors_are_read_lazily_and_match_the_state_dict(tok_dir: Path, tmp_path: Path) -> None:
+    """A bfloat16 checkpoint read from its memory-mapped file, tensor by tensor, gives the same
+    file as the loaded model's state dict."""
+    from edgekit.converters.gguf.arch import arch_for
+    from edgekit.converters.gguf.tokenizer import read_vocab
+    from edgekit.converters.gguf.write import write_gguf
+    from edgekit.types import Precision
+
+    cfg_name, cls_name, kw = FAMILIES["gemma2"]  # norm offsets are added in the checkpoint's precision
+    cfg = getattr(transformers, cfg_name)(**SMALL, **kw)
+    folder = save_random_lm(getattr(transformers, cls_name)(cfg).to(torch.bfloat16), tmp_path / "bf16", tok_dir)
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16)
+    vocab = read_vocab(folder, SMALL["vocab_size"], model.config)
+    details = write_gguf(tmp_path / "lazy.gguf", model, arch_for(cls_name), vocab, Precision.FP16, "t", folder=folder)
+    assert details["weights_from"].startswith("safetensors")
+    eager = write_gguf(tmp_path / "eager.gguf", model, arch_for(cls_name), vocab, Precision.FP16, "t")
+    assert eager["weights_from"] == "state dict"
+    a, b = _tensors(tmp_path / "lazy.gguf"), _tensors(tmp_path / "eager.gguf")
+    assert sorted(a) == sorted(b)
+    for name in a:
+        assert np.asarray(a[name].data).tobytes() == np.asarray(b[name].data).tobytes(), name

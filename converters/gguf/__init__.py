@@ -41,6 +41,8 @@ LM_TOLERANCES: dict[Precision, dict[str, float]] = {
     Precision.FP32: {"min_top1": 0.99},
     Precision.FP16: {"min_top1": 0.99},
 }
+# the most PyTorch reference logits kept between precisions (SmolLM2's 1024 tokens x 49152 would be 200 MB)
+REFERENCE_CACHE_BYTES = 64 * 2**20
 # text llama.cpp must split exactly as the Hugging Face tokenizer does: digits, contractions,
 # runs of spaces and newlines, punctuation, non-ASCII letters
 TOKENIZER_PROBES: tuple[str, ...] = (
@@ -94,7 +96,7 @@ class GgufBase:
     name: str
     eval_tokens: np.ndarray
     eval_origin: str
-    reference: Any  # token ids -> PyTorch logits (cached)
+    reference: Any  # token ids -> PyTorch logits (cached while small)
     tokenizer: Any  # the Hugging Face tokenizer llama.cpp must match
     intermediates: dict[str, tuple[Path, dict[str, Any]]] = field(default_factory=dict)  # f16/f32 files
     imatrix: tuple[Path, dict[str, Any]] | None = None
@@ -159,8 +161,10 @@ class GgufConverter(Converter):
             tokens, origin = real_tokens([src.example_inputs]), "example inputs"
         tokens = tokens[: opts.eval_tokens]
         fn = torch_logits(model)
-        big = tokens.size * rows * 4 > 512 * 2**20  # keep PyTorch's logits only while they are small
-        self._base = GgufBase(model, arch, vocab, folder, src.name, tokens, origin, fn if big else cached(fn),
+        # PyTorch's logits are remembered across precisions only while all of them fit one bounded
+        # window budget; otherwise each window is recomputed and dropped (never all the logits at once)
+        small = tokens.size * rows * 4 <= REFERENCE_CACHE_BYTES
+        self._base = GgufBase(model, arch, vocab, folder, src.name, tokens, origin, cached(fn) if small else fn,
                               tokenizer, keep=keep)
         return self._base
 

@@ -8,7 +8,6 @@ pages of a memory-mapped file are the page cache's, dropped as soon as the tenso
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,9 @@ class TensorSource:
 
     def same_storage(self, a: str, b: str) -> bool:
         return False
+
+    def release(self, name: str) -> None:
+        """The writer is done with ``name``: drop what reading it keeps resident."""
 
     def __contains__(self, name: str) -> bool:
         return name in set(self.names())
@@ -63,34 +65,87 @@ class StateDictSource(TensorSource):
 
 
 class SafetensorsSource(TensorSource):
-    """``*.safetensors`` of a Hugging Face directory (sharded or not), memory-mapped."""
+    """``*.safetensors`` of a Hugging Face directory (sharded or not), memory-mapped.
+
+    A tensor is copied out of the mapping when asked for, and its pages are then dropped
+    (``MADV_DONTNEED``): a mapped page counts in resident memory until it is dropped, so without it
+    the writer's footprint would grow to the size of the checkpoint."""
 
     kind = "safetensors (memory-mapped, one tensor at a time)"
 
     def __init__(self, files: list[Path]) -> None:
-        from safetensors import safe_open
+        self._maps: list[Any] = []
+        self._where: dict[str, tuple[Any, int, int, str, tuple[int, ...]]] = {}
+        for path in files:
+            self._index(path)
 
-        self._handles = [safe_open(str(f), framework="pt") for f in files]
-        self._where: dict[str, Any] = {}
-        for h in self._handles:
-            for key in h.keys():
-                self._where[key] = h
+    def _index(self, path: Path) -> None:
+        import mmap
+        import struct
+
+        with open(path, "rb") as f:
+            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        self._maps.append(mm)
+        (size,) = struct.unpack("<Q", mm[:8])
+        header = json.loads(mm[8:8 + size])
+        for key, info in header.items():
+            if key == "__metadata__":
+                continue
+            begin, end = info["data_offsets"]
+            self._where[key] = (mm, 8 + size + begin, 8 + size + end, info["dtype"],
+                                tuple(int(s) for s in info["shape"]))
 
     def names(self) -> list[str]:
         return list(self._where)
 
     def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(int(s) for s in self._where[name].get_slice(name).get_shape())
+        return self._where[name][4]
 
     def get(self, name: str) -> Any:
-        return self._where[name].get_tensor(name)
+        """A read-only view of the mapped bytes (no copy); :meth:`release` drops its pages."""
+        import warnings
+
+        import torch
+
+        mm, begin, end, dtype, shape = self._where[name]
+        if dtype not in _TORCH_DTYPES:
+            from edgekit.errors import ExportError
+
+            raise ExportError(f"tensor {name!r} is stored as {dtype}, which the GGUF writer does not read",
+                              fix="save the model in float32, float16 or bfloat16")
+        torch_dtype = getattr(torch, _TORCH_DTYPES[dtype])
+        if end == begin:
+            return torch.empty(shape, dtype=torch_dtype)
+        with warnings.catch_warnings():  # the mapping is read-only and the writer never writes to it
+            warnings.simplefilter("ignore", UserWarning)
+            view = torch.frombuffer(mm, dtype=torch_dtype, count=(end - begin) // torch_dtype.itemsize,
+                                    offset=begin)
+        return view.reshape(shape)
+
+    def release(self, name: str) -> None:
+        import mmap
+
+        mm, begin, end, _, _ = self._where[name]
+        start = begin - begin % mmap.PAGESIZE
+        if hasattr(mm, "madvise") and end > start:
+            mm.madvise(mmap.MADV_DONTNEED, start, end - start)
 
     def __contains__(self, name: str) -> bool:
         return name in self._where
 
     def close(self) -> None:
-        self._handles.clear()
         self._where.clear()
+        for mm in self._maps:
+            try:
+                mm.close()
+            except BufferError:  # a caller still holds a view; the mapping goes with it
+                pass
+        self._maps.clear()
+
+
+# safetensors dtype -> torch dtype name
+_TORCH_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64",
+                 "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
 
 
 def safetensors_files(folder: Path | None) -> list[Path]:
@@ -106,11 +161,12 @@ def safetensors_files(folder: Path | None) -> list[Path]:
 
 
 def open_source(model: Any, folder: Path | None) -> TensorSource:
-    """The safetensors files when they hold every parameter the model has, else the model."""
+    """The safetensors files when they hold every parameter the model has, else the model (a
+    config alone, without a model, must come with the files)."""
     files = safetensors_files(folder)
     if files:
         src = SafetensorsSource(files)
-        wanted = {n for n, _ in model.named_parameters()} if model is not None else set()
+        wanted = {n for n, _ in model.named_parameters()} if hasattr(model, "named_parameters") else set()
         tied = bool(getattr(getattr(model, "config", None), "tie_word_embeddings", False))
         missing = {n for n in wanted if n not in src and not (tied and n.endswith("lm_head.weight"))}
         if not missing:

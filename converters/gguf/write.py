@@ -73,14 +73,17 @@ def plan_tensors(model: Any, arch: Arch, precision: Precision, source: TensorSou
     import gguf
 
     source = source if source is not None else StateDictSource(model)
-    to_gguf = NameMap(arch, block_count(arch, model.config))
+    config = getattr(model, "config", model)
+    to_gguf = NameMap(arch, block_count(arch, config))
     wanted = DIRECT[precision][0]
     block = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[wanted]][0]
     mapped = [(hf, to_gguf(hf)) for hf in source.names() if not arch.ignored(hf)]
     head = next((hf for hf, g in mapped if g == "output.weight"), None)
     emb = next((hf for hf, g in mapped if g == "token_embd.weight"), None)
-    tied = _is_tied(model.config, source, head, emb)
-    leftover = sorted(hf for hf, g in mapped if g is None)
+    tied = _is_tied(config, source, head, emb)
+    # a tied output head the family's table has no name for (Gemma) is the embedding itself
+    tied_copy = {hf for hf, g in mapped if g is None and hf.endswith("lm_head.weight") and tied}
+    leftover = sorted(hf for hf, g in mapped if g is None and hf not in tied_copy)
     if leftover:
         raise ExportError(f"{len(leftover)} tensor(s) of the checkpoint have no place in llama.cpp's "
                           f"{arch.arch_name} layout, e.g. {leftover[0]!r}",
@@ -88,7 +91,7 @@ def plan_tensors(model: Any, arch: Arch, precision: Precision, source: TensorSou
                           "convert it to ONNX instead, or report the model")
     plan: list[PlannedTensor] = []
     for hf_name, gguf_name in mapped:
-        if gguf_name == "output.weight" and tied:
+        if gguf_name is None or (gguf_name == "output.weight" and tied):
             continue
         transform = arch.transform(hf_name)
         shape = source.shape(hf_name)
@@ -222,10 +225,11 @@ def write_gguf(path: Path, model: Any, arch: Arch, vocab: GgufVocab, precision: 
                progress: Callable[[int, int], None] | None = None, folder: Path | None = None) -> dict[str, Any]:
     """Write ``model`` as a GGUF file at ``precision`` (one of :data:`DIRECT`); return details.
     With ``folder`` (the Hugging Face directory), weights are read from its safetensors files,
-    memory-mapped, one tensor at a time; otherwise from the model's state dict."""
+    memory-mapped, one tensor at a time (``model`` may then be only its config); otherwise from the
+    model's state dict."""
     import gguf
 
-    config = model.config
+    config = getattr(model, "config", model)  # a model, or only its config when ``folder`` has the weights
     n_head = int(getattr(config, "num_attention_heads", 0) or getattr(config, "n_head", 0))
     n_head_kv = int(getattr(config, "num_key_value_heads", None) or n_head)
     source = open_source(model, folder)
@@ -250,6 +254,7 @@ def write_gguf(path: Path, model: Any, arch: Arch, vocab: GgufVocab, precision: 
                 writer.write_tensor_data(arr)
             for i, t in enumerate(plan):
                 writer.write_tensor_data(tensor_data(t, source.get(t.source), n_head, n_head_kv))
+                source.release(t.source)
                 if progress is not None:
                     progress(i + 1, len(plan))
         finally:
