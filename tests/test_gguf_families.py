@@ -78,7 +78,7 @@ FAMILIES: dict[str, tuple[str, str, dict[str, Any]]] = {
 }
 
 
-def _sdist_root() -> Path:
+def sdist_root() -> Path:
     """llama.cpp's converter, its ``conversion`` package and ``gguf-py``, from the sdist."""
     root = llama_cpp_root()
     if root is None:
@@ -134,7 +134,7 @@ def checkpoints(tok_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
 @pytest.fixture(scope="module")
 def llama_cpp_files(checkpoints: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """llama.cpp's own f16 file of every checkpoint (or why its converter failed), in one process."""
-    root = _sdist_root()
+    root = sdist_root()
     out_dir = tmp_path_factory.mktemp("llama_cpp_out")
     jobs = [(str(d), str(out_dir / f"{fam}.gguf")) for fam, d in checkpoints.items()]
     env = {**os.environ, "PYTHONPATH": "", "NO_LOCAL_GGUF": "1"}

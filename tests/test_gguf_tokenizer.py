@@ -26,7 +26,7 @@ import edgekit  # noqa: E402
 from edgekit.converters.gguf.pretok import KNOWN_HASHES, PROBE_TEXT, detect  # noqa: E402
 from tests.conftest import bpe_tokenizer as _tokenizer  # noqa: E402
 from tests.conftest import save_random_lm as _save  # noqa: E402
-from tests.test_gguf_families import _sdist_root  # noqa: E402
+from tests.test_gguf_families import sdist_root  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def smollm2_tok(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_probe_text_and_hashes_are_llama_cpps() -> None:
     """Every hash edgekit knows names the pre-tokenizer llama.cpp's own converter names for it."""
-    root = _sdist_root()
+    root = sdist_root()
     src = (root / "conversion" / "base.py").read_text(encoding="utf-8")
     probe = re.search(r"^\s*chktxt = (.*)$", src, re.M)
     assert probe is not None and ast.literal_eval(probe.group(1)) == PROBE_TEXT

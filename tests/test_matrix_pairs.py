@@ -13,8 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from edgekit.matrix import BenchSettings, matrix
-from edgekit.matrix._pairs import NOISY_SPREAD, PAIRS, paired_ratio
+from edgekit.matrix import NOISY_SPREAD, PAIRS, BenchSettings, matrix, paired_ratio
 
 
 def test_median_of_pair_ratios_ignores_one_burst() -> None:

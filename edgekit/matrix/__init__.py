@@ -24,7 +24,7 @@ import numpy as np
 
 from edgekit.errors import ConfigError, EdgekitError
 from edgekit.fsutil import sha256_file, write_json_atomic
-from edgekit.matrix._pairs import PAIRS, paired_ratio, time_pairs
+from edgekit.matrix._pairs import NOISY_SPREAD, PAIRS, paired_ratio, time_pairs
 from edgekit.matrix._plan import Skipped, Variant, plan, reason_of
 from edgekit.matrix._rows import EAGER, SCHEMA, BenchSettings, MatrixResult, MatrixRow, now
 from edgekit.types import (
@@ -477,4 +477,4 @@ def _intact(row: MatrixRow, out_dir: Path) -> bool:
 
 
 __all__ = ["matrix", "connect_ray", "SourceSpec", "BenchSettings", "MatrixRow", "MatrixResult", "Skipped", "SCHEMA", "EAGER",
-           "RESULTS_FILE", "PLOT_FILE"]
+           "RESULTS_FILE", "PLOT_FILE", "PAIRS", "NOISY_SPREAD", "paired_ratio"]
