@@ -261,3 +261,15 @@ def test_safetensors_are_read_lazily_and_match_the_state_dict(tok_dir: Path, tmp
     assert sorted(a) == sorted(b)
     for name in a:
         assert np.asarray(a[name].data).tobytes() == np.asarray(b[name].data).tobytes(), name
+
+
+def test_a_smollm3_llama_cpp_would_run_differently_is_refused() -> None:
+    from edgekit.converters.gguf.arch import hparam_values
+    from edgekit.converters.gguf.families import FAMILIES as REGISTERED
+    from edgekit.errors import SourceError
+
+    cfg = transformers.SmolLM3Config(**SMALL, **{**DEC, "num_hidden_layers": 4})
+    assert hparam_values(REGISTERED["smollm3"], cfg)["smollm3.block_count"] == 4
+    cfg.no_rope_layer_interval = 2
+    with pytest.raises(SourceError, match="every 4th"):
+        hparam_values(REGISTERED["smollm3"], cfg)

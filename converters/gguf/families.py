@@ -94,6 +94,16 @@ def _nemotron(c: Any) -> dict[str, Any]:
     return {A.LAYERNORM_EPS: _f(c.norm_eps), R.SCALING_TYPE: "none"}
 
 
+def _smollm3(c: Any) -> dict[str, Any]:
+    interval = getattr(c, "no_rope_layer_interval", 4)
+    if interval != 4:  # llama.cpp's smollm3 graph skips rotary on every 4th layer, whatever the file says
+        from edgekit.errors import SourceError
+
+        raise SourceError(f"this SmolLM3 leaves rotary out of every {interval}th layer; llama.cpp only runs "
+                          "every 4th", fix="convert it to ONNX instead (--to onnx)")
+    return {}
+
+
 def _f(v: Any) -> float | None:
     return float(v) if v is not None else None
 
@@ -134,7 +144,8 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     # StarCoder2 (bigcode/starcoder2-3b): LayerNorm, GELU MLP with biases
     _F("starcoder2", "STARCODER2", ("Starcoder2ForCausalLM",), (*LN_DECODER[:-1], _ROPE_DIM, _SWA)),
     # SmolLM3 (HuggingFaceTB/SmolLM3-3B): Llama with rotary left out of every 4th layer
-    _F("smollm3", "SMOLLM3", ("SmolLM3ForCausalLM",), (*DECODER, HParam(K.VOCAB_SIZE, ("vocab_size",))), ROPE_QK),
+    _F("smollm3", "SMOLLM3", ("SmolLM3ForCausalLM",), (*DECODER, HParam(K.VOCAB_SIZE, ("vocab_size",))), ROPE_QK,
+       extra=_smollm3),
     # Phi-2 / Phi-1.5 (microsoft/phi-2): parallel attention + MLP, partial rotary, dense
     _F("phi2", "PHI2", ("PhiForCausalLM",), LN_DECODER),
     # Cohere Command R / Aya (CohereForAI/c4ai-command-r-v01): LayerNorm without bias, logit scale
