@@ -128,6 +128,9 @@ def test_device_benchmarks_need_the_device_resource(cluster: str, config_home: P
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """--on loop: every benchmark runs on the node advertising edgekit_device_loop, over SSH to the
     loopback device, one at a time; the conversions and accuracy stay the same."""
+    if not Path(sd.SSHD).is_file():
+        pytest.skip("needs Debian's openssh-server for the loopback device: apt-get install -y openssh-server")
+    pytest.importorskip("paramiko")
     from edgekit.devices.config import parse_target, save_device
     from edgekit.devices.remote import Device
     from edgekit.devices.setup import plan, setup
