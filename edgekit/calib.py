@@ -153,6 +153,23 @@ def validate(arrays: dict[str, np.ndarray], source: ModelSource, origin: str) ->
     return CalibrationSet(out, origin)
 
 
+def examples_like(source: ModelSource, data: CalibrationSet | None) -> ModelSource:
+    """An image model's examples at the size of its calibration data, when that differs on a
+    dynamic height/width axis: the example size of a folder without ``preprocessor_config.json``
+    is a guess, and a format that exports fixed shapes (TFLite) must export the size the data has."""
+    import dataclasses
+
+    if data is None or source.task != "image-classification":
+        return source
+    for name, arr in source.example_inputs.items():
+        spatial = [a for a in source.dynamic_axes.get(name, {}) if a != 0]
+        got = data.arrays.get(name)
+        if got is not None and spatial and any(got.shape[a] != arr.shape[a] for a in spatial):
+            count = min(2, data.size)
+            return dataclasses.replace(source, example_inputs={k: v[:count] for k, v in data.arrays.items()})
+    return source
+
+
 def load_calibration(path: str | Path, source: ModelSource, *, limit: int | None = None
                      ) -> CalibrationSet:
     """Read ``path`` (.npz, or text/JSONL for a HF text model) as calibration samples."""

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgekit.calib import check_data_files
+from edgekit.calib import check_data_files, examples_like
 from edgekit.errors import CalibrationError, EdgekitError, VerificationError
 from edgekit.fsutil import publish, sha256_file, staging_dir, write_json_atomic
 from edgekit.manifest import Manifest, Verification, library_versions, manifest_path
@@ -165,6 +165,7 @@ def convert_source(
 
         source = with_preprocess(source, preprocess)
     calibration = load_calibration(calib, source) if calib is not None else source.calibration
+    source = examples_like(source, calibration)  # an image model exports the data's size
     evaluation = load_eval(eval_data, source) if eval_data is not None else source.evaluation
     plan = {c.format: [p for p in wanted if p in c.precisions] if wanted else
             c.default_precisions(calibration is not None, source.task)

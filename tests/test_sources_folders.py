@@ -212,13 +212,27 @@ def test_fully_convolutional_image_model_keeps_height_and_width_dynamic(resnet_d
     assert art.status == "ok"
     model = ResNetForImageClassification.from_pretrained(resnet_dir).eval()
     with edgekit.load(art.path) as m:
-        shape = m.signature.inputs[0].shape
-        assert shape[1] == 3 and all(isinstance(d, str) for d in (shape[0], shape[2], shape[3])), shape
+        spec = m.signature.inputs[0]
+        assert spec.shape[1] == 3 and all(isinstance(d, str) for d in (spec.shape[0], spec.shape[2], spec.shape[3]))
+        assert spec.example_shape == (2, 3, 32, 32)  # the examples took the calibration data's size
         for h, w in ((32, 32), (48, 40)):
             x = rng.standard_normal((2, 3, h, w)).astype(np.float32)
             with torch.inference_mode():
                 want = model(torch.from_numpy(x)).logits.numpy()
             np.testing.assert_allclose(m.run({"pixel_values": x})["logits"], want, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_fixed_shape_format_exports_the_calibration_size(resnet_dir: Path, tmp_path: Path) -> None:
+    """TFLite exports fixed shapes: the size of the data (32x32), not a guessed 224x224."""
+    pytest.importorskip("litert_torch")
+    np.savez(tmp_path / "calib.npz", pixel_values=np.random.default_rng(1).standard_normal((8, 3, 32, 32))
+             .astype(np.float32))
+    (art,) = edgekit.convert(resnet_dir, targets=["tflite"], precisions=["fp32"], calib=tmp_path / "calib.npz",
+                             out=tmp_path / "out")
+    assert art.status == "ok" and art.verification.passed
+    with edgekit.load(art.path) as m:
+        assert m.signature.inputs[0].shape[1:] == (3, 32, 32)
 
 
 def test_shape_option_sets_the_example_size(resnet_dir: Path) -> None:
