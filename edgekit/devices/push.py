@@ -103,9 +103,11 @@ def push(device: Device, b: Bundle) -> PushReport:
     t0 = time.perf_counter()
     state = device.agent("prepare", {"workdir": device.spec.workdir,
                                      "blobs": [f.to_job() for f in b.files]}, timeout=60)
-    have, parts = set(state["have"]), dict(state["parts"])
+    have = set(state["have"])
     todo = [f for f in b.files if f.sha256 not in have]
     todo = list({f.sha256: f for f in todo}.values())  # the same bytes under two names go once
+    sizes = {f.sha256: f.bytes for f in todo}  # a part longer than its file is stale: sent again whole
+    parts = {sha: n for sha, n in state["parts"].items() if n <= sizes.get(sha, -1)}
     needed = sum(f.bytes - parts.get(f.sha256, 0) for f in todo)
     if needed > state["free_bytes"]:
         raise device.disk_error("nospace", f"{needed / 1e6:.1f} MB are needed in {state['workdir']} and "
@@ -115,8 +117,6 @@ def push(device: Device, b: Bundle) -> PushReport:
     for f in todo:
         remote = f"{state['workdir']}/blobs/{f.sha256}.part"
         offset = parts.get(f.sha256, 0)
-        if offset > f.bytes:
-            offset = 0
         try:
             with open(f.local, "rb") as src, sftp.open(remote, "ab" if offset else "wb") as dst:
                 dst.set_pipelined(True)
