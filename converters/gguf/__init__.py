@@ -1,10 +1,11 @@
 """GGUF: a Hugging Face causal LM written for llama.cpp by edgekit itself, then quantized.
 
-f32, f16, bf16 and q8_0 are written directly from the PyTorch weights with the ``gguf``
-package (tensor by tensor, so memory holds one model, not two); q4_0 and the k-quants (q4_k_m,
-q5_k_m, q6_k) are llama.cpp's own quantizer run on an f16 (or f32) file, with an importance
-matrix from ``--calib`` text when there is one. Architectures and tokenizers are tables in
-``arch`` / ``tokenizer``.
+f32, f16, bf16 and q8_0 are written directly with the ``gguf`` package, the weights read from
+the checkpoint's memory-mapped safetensors one tensor at a time (``tensors``); q4_0 and the
+k-quants (q4_k_m, q5_k_m, q6_k) are llama.cpp's own quantizer run on an f16 (or f32) file, with an
+importance matrix from ``--calib`` text when there is one. Model families are entries in
+``families`` over the ``gguf`` package's name tables (``arch``); the pre-tokenizer is named by its
+behaviour on llama.cpp's probe text (``pretok``).
 
 Verification is the format's own (:meth:`GgufConverter.verify`): llama.cpp must tokenize text as
 Hugging Face does; logits are compared with PyTorch at every real (unpadded) position of the

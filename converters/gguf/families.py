@@ -13,13 +13,21 @@ from typing import Any
 
 import gguf
 
-from edgekit.converters.gguf.arch import ROPE_QK, Family, HParam, Transform, explicit_head_dim, head_dim, rotary_dim
+from edgekit.converters.gguf.arch import (
+    ROPE_QK,
+    Family,
+    HParam,
+    Transform,
+    explicit_head_dim,
+    head_dim,
+    rotary_dim,
+)
 
 K, A, R = gguf.Keys.LLM, gguf.Keys.Attention, gguf.Keys.Rope
 
 
 def _n_kv(c: Any) -> int:
-    return int(getattr(c, "num_key_value_heads", None) or getattr(c, "num_attention_heads"))
+    return int(getattr(c, "num_key_value_heads", None) or c.num_attention_heads)
 
 
 _CORE = (
