@@ -62,12 +62,14 @@ def test_every_variant_is_a_row_and_unsupported_ones_say_why(cnn_matrix: tuple) 
     res, _ = cnn_matrix
     got = [(r.label, r.status) for r in res.rows]
     assert got == [("pytorch/fp32", "ok"),
-                   ("onnx/fp32", "ok"), ("onnx/int4", "ok"), ("openvino/fp32", "ok"), ("openvino/int4", "ok"),
+                   ("onnx/fp32", "ok"), ("onnx/int4", "ok"), ("openvino/fp32", "ok"), ("openvino/int4", "failed"),
                    ("tflite/fp32", "ok"), ("tflite/int4", "failed")]
+    # NNCF keeps a CNN's only Linear (its last layer) at 8 bit: an int4 IR with no 4-bit weight is refused
+    assert "no 4-bit weight" in res.rows[4].reason and res.rows[4].stage == "convert"
     failed = res.rows[-1]
     assert failed.stage == "plan" and failed.reason.startswith("tflite does not support int4")
     assert failed.p50_ms is None and failed.size_bytes is None
-    assert res.converted == 5 and res.benchmarked == 5 and res.reused == 0
+    assert res.converted == 5 and res.benchmarked == 4 and res.reused == 0
 
 
 def test_rows_carry_size_accuracy_speed_and_ratios_to_eager(cnn_matrix: tuple, cnn: nn.Module) -> None:
@@ -94,14 +96,14 @@ def test_rows_carry_size_accuracy_speed_and_ratios_to_eager(cnn_matrix: tuple, c
             files = [Path(r.artifact)] + ([Path(r.artifact).with_suffix(".bin")] if r.format == "openvino" else [])
             assert r.size_bytes == sum(f.stat().st_size for f in files)
             assert r.peak_rss_mb > 10 and r.cosine > 0.98 and r.artifact_sha256 and r.manifest_sha256
-    assert rows["onnx/fp32"].metric_delta == 0.0 and rows["openvino/int4"].size_bytes < rows["openvino/fp32"].size_bytes / 2
+    assert rows["onnx/fp32"].metric_delta == 0.0 and rows["onnx/int4"].size_bytes < rows["onnx/fp32"].size_bytes
 
 
 def test_json_file_and_plot(cnn_matrix: tuple) -> None:
     res, _ = cnn_matrix
     data = json.loads(res.path.read_text())
     assert data["schema"] == "edgekit.matrix/1" and data["complete"] is True
-    assert data["counts"] == {"rows": 7, "ok": 6, "failed": 1, "converted": 5, "benchmarked": 5, "reused": 0}
+    assert data["counts"] == {"rows": 7, "ok": 5, "failed": 2, "converted": 5, "benchmarked": 4, "reused": 0}
     assert all(ROW_KEYS <= set(row) for row in data["rows"])
     assert data["inputs"] == {"pixels": [1, 3, 16, 16]}
     ok = [r["format"] + "/" + r["precision"] for r in data["rows"] if r["status"] == "ok"]
@@ -115,7 +117,7 @@ def test_resume_converts_and_times_only_what_is_missing_or_changed(cnn_matrix: t
     first = {r.label: r.to_dict() for r in res.rows}
 
     again = matrix(cnn, **kwargs, resume=True)
-    assert (again.converted, again.benchmarked, again.reused) == (0, 0, 5)
+    assert (again.converted, again.benchmarked, again.reused) == (1, 0, 4)  # the refused openvino/int4 is retried
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name in files} == files
     for r in again.rows:  # the same measurements, marked as reused
         assert {**r.to_dict(), "reused": False} == {**first[r.label], "reused": False}, r.label
@@ -130,7 +132,7 @@ def test_resume_converts_and_times_only_what_is_missing_or_changed(cnn_matrix: t
     onnx_int4 = out / "cnn-int4.onnx"
     onnx_int4.write_bytes(onnx_int4.read_bytes() + b"\0")
     third = matrix(cnn, **kwargs, resume=True)
-    assert (third.converted, third.benchmarked, third.reused) == (1, 2, 3)
+    assert (third.converted, third.benchmarked, third.reused) == (2, 2, 2)
     rows = {r.label: r for r in third.rows}
     assert not rows["onnx/int4"].reused and rows["onnx/int4"].status == "ok"
     assert rows["openvino/fp32"].status == "ok" and rows["openvino/fp32"].p50_ms > 0
