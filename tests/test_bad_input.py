@@ -519,8 +519,9 @@ def test_corrupt_or_hostile_manifest_is_an_artifact_error(fp32: Path, tmp_path: 
         edgekit.load(target)
     assert words in info.value.problem, info.value.problem
     assert info.value.fix
-    proc = subprocess.run([str(EDGEKIT), "inspect", str(target)], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 1 and proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr, proc.stderr
+    result = CliRunner().invoke(cli, ["inspect", str(target)])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert result.stderr.startswith("error: the manifest") or result.stderr.startswith(f"error: {mpath}")
 
 
 # -- images: decompression bombs and sizes past an explicit pixel limit ----------------------------
