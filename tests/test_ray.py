@@ -148,6 +148,8 @@ def test_device_benchmarks_need_the_device_resource(cluster: str, config_home: P
     rows = [r for r in res.rows if r.format != "pytorch"]
     assert [r.status for r in rows] == ["ok"] * 3, [r.reason for r in rows]
     assert all(r.p50_ms and r.eager_p50_ms is None for r in rows)  # no eager pairing across machines
+    # the device's outputs were compared with this machine's on the benchmark feed
+    assert all(r.device_parity["agree"] is True and r.device_parity["worst_cosine"] > 0.999 for r in rows)
     windows = sorted(r.bench_window for r in rows)
     assert all(w1[1] <= w2[0] for w1, w2 in zip(windows, windows[1:])), windows
 

@@ -311,6 +311,29 @@ def _time(row: MatrixRow, out_dir: Path, feed: dict[str, np.ndarray], s: BenchSe
         lat.p50_ms, lat.p90_ms, lat.p99_ms, lat.mean_ms, lat.std_ms)
     row.first_ms, row.load_ms, row.runs = r.first_ms, r.load_ms, lat.runs
     row.throughput, row.peak_rss_mb = r.throughput, r.peak_rss_mb
+    if s.on:
+        _device_parity(row, out_dir / Path(row.artifact or "").name, feed, s)
+
+
+def _device_parity(row: MatrixRow, path: Path, feed: dict[str, np.ndarray], s: BenchSettings) -> None:
+    """The device's outputs on the benchmark feed against this machine's: a runtime that computes
+    wrong numbers on one platform only makes the row ``diverged``, with the figures."""
+    from edgekit.devices import connect
+    from edgekit.devices.parity import device_parity
+
+    try:
+        with connect(s.on or "") as device:
+            par = device_parity(device, path, [feed], runtime=s.runtime)
+    except EdgekitError as e:
+        row.device_parity = {"agree": None, "error": reason_of(e)}
+        return
+    worst = min((p["min_cosine"] for p in par.parity), default=None)
+    row.device_parity = {"agree": par.agree, "worst_cosine": worst,
+                         "max_abs_err": max((p["max_abs_err"] for p in par.parity), default=None)}
+    if par.agree is False:
+        row.status, row.stage = RowStatus.DIVERGED, "device"
+        row.reason = (f"outputs on {s.on} differ from this machine's on the same inputs (worst cosine "
+                      f"{worst:.4f}): the device's runtime computes other numbers")
 
 
 def _eager_row(src: ModelSource, feed: dict[str, np.ndarray], s: BenchSettings) -> MatrixRow:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgekit.errors import ConfigError, EdgekitError
+from edgekit.types import RowStatus
 
 if TYPE_CHECKING:
     import numpy as np
@@ -97,7 +98,7 @@ def convert_task(src: ModelSource | SourceSpec, fmt: str, precision: str,
     with tempfile.TemporaryDirectory(prefix="edgekit-ray-") as tmp:
         rows = _convert(_resolved(src), Format.parse(fmt), [Precision.parse(precision)], Path(tmp), convert_options, None)
         row = rows[0]
-        packed = _pack(Path(row.artifact)) if row.status == "converted" and row.artifact else None
+        packed = _pack(Path(row.artifact)) if row.status is RowStatus.CONVERTED and row.artifact else None
         row.artifact = Path(row.artifact).name if row.artifact else None
         return row.to_dict(), packed
 
@@ -105,14 +106,15 @@ def convert_task(src: ModelSource | SourceSpec, fmt: str, precision: str,
 def bench_task(src: ModelSource | SourceSpec | None, packed: bytes, row: dict[str, Any], feed: dict[str, np.ndarray],
                settings: BenchSettings) -> dict[str, Any]:
     """Time one artifact on this node (with a paired eager timing) or on ``settings.on`` over SSH."""
-    from edgekit.matrix import _eager_row, _time
+    from edgekit.matrix import _time, _time_paired
     from edgekit.matrix._rows import MatrixRow
 
     r = MatrixRow.from_dict(row)
     folder = _unpack(packed)
-    if settings.on is None and src is not None:
-        r.eager_p50_ms = _eager_row(_resolved(src), feed, settings).p50_ms
-    _time(r, folder, feed, settings)
+    if settings.on is None and src is not None:  # eager and artifact in interleaved pairs, as locally
+        _time_paired(r, _resolved(src), folder, feed, settings)
+    else:
+        _time(r, folder, feed, settings)
     return r.to_dict()
 
 
@@ -223,14 +225,14 @@ def _schedule(ray: Any, run: _Run, src_ref: Any, variants: list[Variant],
 
     for v in variants:
         if v.problem is not None:
-            run.put(MatrixRow(v.format.value, v.precision.value, "failed", v.problem, v.stage))
+            run.put(MatrixRow(v.format.value, v.precision.value, RowStatus.FAILED, v.problem, v.stage))
             continue
         prev = previous.get((v.format.value, v.precision.value))
         if prev is not None and _intact(prev, out_dir):
-            prev.reused = prev.status == "ok"
+            prev.reused = prev.status is RowStatus.OK
             run.put(prev)
-            run.result.reused += prev.status == "ok"
-            if prev.status == "converted":
+            run.result.reused += prev.status is RowStatus.OK
+            if prev.status is RowStatus.CONVERTED:
                 queue.append(("bench", (prev, ray.put(_pack(out_dir / Path(prev.artifact or "").name)))))
             continue
         queue.append(("convert", v))
@@ -260,12 +262,12 @@ def _schedule(ray: Any, run: _Run, src_ref: Any, variants: list[Variant],
                 row, stage = ctx, "bench"
             else:
                 row, stage = MatrixRow(ctx[0].format.value, ctx[0].precision.value), "convert"
-            row.status, row.reason, row.stage = "failed", _task_error(e), stage
+            row.status, row.reason, row.stage = RowStatus.FAILED, _task_error(e), stage
             run.put(row)
             continue
         row = MatrixRow.from_dict(result)
         if kind == "converted":
-            if row.status == "converted":
+            if row.status is RowStatus.CONVERTED:
                 files_ref = ctx[1]
                 with staging_dir(out_dir) as stage:
                     with tarfile.open(fileobj=io.BytesIO(ray.get(files_ref)), mode="r") as tar:

@@ -104,6 +104,7 @@ class MatrixRow:
     measured_at: str | None = None
     reused: bool = False  # taken from a previous run's matrix.json (resume)
     bench_window: list[float] | None = None  # [start, end] of the artifact's timing, epoch seconds
+    device_parity: dict[str, Any] | None = None  # with --on: the device's outputs vs this machine's
 
     def __post_init__(self) -> None:
         self.status = RowStatus(self.status)  # a matrix.json being resumed holds the string
