@@ -292,7 +292,9 @@ def gguf(model: Path, threads: int, max_tokens: int, rounds: int, n_ctx: int) ->
                                           "--request-timeout", "900", unverified=True))
         stack.enter_context(server([sys.executable, "-m", "llama_cpp.server", "--model", str(model),
                                     "--n_threads", str(threads), "--n_threads_batch", str(threads), "--n_ctx", str(n_ctx),
-                                    "--port", str(ports["llama_cpp.server"]), "--host", "127.0.0.1"],
+                                    "--port", str(ports["llama_cpp.server"]), "--host", "127.0.0.1",
+                                    # by default a new request cuts off the stream in progress; edgekit queues it
+                                    "--interrupt_requests", "False"],
                                    get_ok("/v1/models"), ports["llama_cpp.server"]))
         for name, port in ports.items():
             stream_once(port, prompts[0], 8, idents[name])  # warm-up
