@@ -153,3 +153,19 @@ def test_generation_errors_are_openai_style_4xx(client: Any, server: ThreadServe
         client.embeddings.create(model="lm-fp16", input="x")
     got, _, answer = server.post_json("/v1/chat/completions", {"model": "lm-fp16", "messages": "hi"})
     assert got == 400 and "messages must be" in answer["error"]
+
+
+def test_generation_overload_is_503_with_retry_after(lm: Path) -> None:
+    srv = ThreadServer([lm], threads=1, queue_size=1)
+    try:
+        body = {"model": "lm-fp16", "prompt": PROMPT, "max_tokens": 48, "temperature": 0, "stream": True}
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda _: srv.request("POST", "/v1/completions", json.dumps(body).encode(),
+                                                          {"Content-Type": "application/json"}), range(8)))
+        assert {s for s, _, _ in answers} <= {200, 503}
+        refused = [(h, json.loads(b)) for s, h, b in answers if s == 503]
+        assert refused and all(h["retry-after"] == "1" and "requests waiting" in b["error"] for h, b in refused)
+        assert all(b.rstrip().endswith(b"data: [DONE]") for s, _, b in answers if s == 200)
+        assert srv.server.state.models["lm-fp16"].batcher.depth == 0
+    finally:
+        srv.stop()

@@ -86,19 +86,13 @@ async def stream(served: ServedModel, gen: Generation, start: Callable[[], Itera
             loop.call_soon_threadsafe(pieces.put_nowait, _END)
 
     job = asyncio.ensure_future(served.call(work, timeout_s))
+    # a job refused or timed out before ``work`` ran ends the stream too (its error raised below)
+    job.add_done_callback(lambda _: pieces.put_nowait(_END))
     try:
         while True:
-            getter = asyncio.ensure_future(pieces.get())
-            done, _ = await asyncio.wait({getter, job}, return_when=asyncio.FIRST_COMPLETED)
-            if getter not in done:
-                getter.cancel()
-                job.result()  # the job failed or was refused: raise its error
-                if pieces.empty():
-                    return
-                getter = asyncio.ensure_future(pieces.get())
-            item = await getter
+            item = await pieces.get()  # one await per piece: no task per piece
             if item is _END:
-                await job  # a generation that failed raises its error here
+                await job  # a generation that failed, or never ran, raises its error here
                 return
             yield item
     finally:
