@@ -294,3 +294,32 @@ def test_sensitivity_checks_its_data_paths_before_loading(tmp_path: Path, monkey
     with pytest.raises(ArtifactError, match="is a directory"):
         sensitivity("builtin:digits-cnn", eval=tmp_path)
     assert calls == []
+
+
+@pytest.fixture(scope="module")
+def other_formats(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("formats")
+    arts = edgekit.convert(Tiny().eval(), (torch.randn(2, 4),), targets=["openvino", "tflite"], precisions=["fp32"],
+                           name="tiny", input_names=["x"], output_names=["y"], out=out, keep_going=True)
+    return {a.format.value: a.path for a in arts if a.status == "ok"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["openvino", "tflite"])
+def test_values_are_checked_the_same_for_every_format(other_formats: dict[str, Path], fmt: str,
+                                                      tmp_path: Path) -> None:
+    if fmt not in other_formats:
+        pytest.skip(f"{fmt} is not installed here")
+    art = other_formats[fmt]
+    cores = len(os.sched_getaffinity(0))
+    with pytest.warns(edgekit.EdgekitWarning, match="is more than the"):
+        with edgekit.load(art, threads=100_000) as m:
+            assert m.threads == cores and m.run({"x": np.ones((2, 4), np.float32)})["y"].shape == (2, 3)
+    with pytest.raises(ConfigError, match=r"threads must be a whole number, got 2\.5"):
+        edgekit.load(art, threads=2.5)
+    (tmp_path / "in.npz").write_bytes(b"PK\x03\x04 broken")
+    result = cli_run("run", art, "--input", tmp_path / "in.npz")
+    assert result.exit_code == 1 and "cannot read" in result.stderr
+    result = cli_run("bench", art, "--in-process", "--runs", "0")
+    assert result.exit_code == 2 and "--runs must be at least 1, got 0" in result.stderr
