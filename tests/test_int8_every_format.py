@@ -38,3 +38,29 @@ def test_a_precision_no_target_supports_is_an_error(tmp_path: Path) -> None:
         edgekit.convert(_mlp(), (torch.randn(2, 16),), targets=["onnx", "openvino"], precisions=["q4_k_m"],
                         out=tmp_path)
     assert not any(tmp_path.iterdir())
+
+
+def mlp() -> nn.Module:
+    """A factory for ``tests.test_int8_every_format:mlp``."""
+    return _mlp()
+
+
+def test_matrix_cli_takes_a_factory_source_with_example_and_weights(tmp_path: Path) -> None:
+    import json
+
+    import numpy as np
+    from click.testing import CliRunner
+
+    from edgekit.cli import main
+
+    torch.save(_mlp().state_dict(), tmp_path / "w.pt")
+    np.savez(tmp_path / "x.npz", input=np.random.default_rng(0).standard_normal((2, 16)).astype(np.float32))
+    args = ["matrix", "tests.test_int8_every_format:mlp", "--weights", str(tmp_path / "w.pt"), "--to", "onnx",
+            "--precision", "fp32", "--out", str(tmp_path / "m"), "--no-plot", "--warmup", "1", "--runs", "3",
+            "--json"]
+    res = CliRunner().invoke(main, [*args, "--example", str(tmp_path / "x.npz")])
+    assert res.exit_code == 0, res.output
+    rows = {r["format"] + "/" + r["precision"]: r for r in json.loads(res.stdout)["rows"]}
+    assert rows["onnx/fp32"]["status"] == "ok" and rows["onnx/fp32"]["cosine"] > 0.99999
+    res = CliRunner().invoke(main, [*args[:-1], "--shape", "input=2x16", "--json"])
+    assert res.exit_code == 0, res.output

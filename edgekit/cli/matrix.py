@@ -10,6 +10,7 @@ from edgekit.cli._common import (
     errors,
     note,
     parse_dims,
+    parse_shapes,
     progress_bar,
     publish,
     show,
@@ -36,6 +37,11 @@ from edgekit.cli._common import (
               "(default: the cluster's CPUs).")
 @click.option("--on", "on", metavar="DEVICE", help="Time every artifact on this device (a name saved with "
               "`edgekit devices add`) instead of here; conversions and accuracy stay here.")
+@click.option("--weights", type=click.Path(path_type=Path),
+              help="Weights for a package.module:factory source (.safetensors or a state dict).")
+@click.option("--example", type=click.Path(path_type=Path), help="Example inputs (.npz) for a factory source.")
+@click.option("--shape", "shapes", multiple=True, metavar="NAME=1x3x224x224[:dtype]",
+              help="Example input shape for a factory source (repeatable).")
 @timing_options
 @table_options
 def matrix(sources: tuple[str, ...], targets: str | None, precisions: str | None, calib: Path | None,
@@ -43,7 +49,8 @@ def matrix(sources: tuple[str, ...], targets: str | None, precisions: str | None
            threads: int | None, batch: int, dims: tuple[str, ...], input_path: Path | None, warmup: int,
            runs: int | None, min_time: float, isolated: bool, save_path: Path | None, as_json: bool,
            ray_address: str | None = None, max_parallel: int | None = None, fmt: str = "table",
-           wide: bool = False, on: str | None = None) -> None:
+           wide: bool = False, on: str | None = None, weights: Path | None = None, example: Path | None = None,
+           shapes: tuple[str, ...] = ()) -> None:
     """Convert SOURCE to every format x precision that applies, evaluate and time each variant and a
     PyTorch eager baseline: one row per variant (failed ones with the reason), OUT/matrix.json and a plot.
 
@@ -59,6 +66,11 @@ def matrix(sources: tuple[str, ...], targets: str | None, precisions: str | None
     with errors():
         bench = BenchSettings(device=device, runtime=runtime, threads=threads, batch=batch, warmup=warmup,
                               runs=runs, min_time=min_time, isolated=isolated, dims=parse_dims(dims), on=on)
+        examples = parse_shapes(shapes)  # a package.module:factory source needs example inputs
+        if example is not None:
+            from edgekit.io import read_npz
+
+            examples = read_npz(example)
         results = []
         if ray_address is not None and len(sources) > 1:  # one Ray for every source, not one each
             from edgekit.matrix import connect_ray
@@ -67,7 +79,7 @@ def matrix(sources: tuple[str, ...], targets: str | None, precisions: str | None
         for source in sources:
             folder = out if len(sources) == 1 else out / source_folder(source)
             with progress_bar(not as_json) as progress:
-                results.append(run_matrix(source, targets=targets, precisions=precisions, calib=calib,
+                results.append(run_matrix(source, examples, weights=weights, targets=targets, precisions=precisions, calib=calib,
                                           eval_data=eval_data, out=folder, resume=resume, bench=bench,
                                           inputs=input_path, plot=plot, progress=progress, ray=ray_address,
                                           max_parallel=max_parallel))
