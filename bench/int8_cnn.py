@@ -39,14 +39,15 @@ FORMATS = ("onnx", "openvino", "tflite")
 MAX_DROP = 0.01
 
 
-def _variants() -> dict[str, tuple[str, str, dict[str, Any]]]:
-    """label -> (format, precision, converter options)."""
-    out: dict[str, tuple[str, str, dict[str, Any]]] = {}
-    for fmt in FORMATS:
+def _variants(formats: list[str]) -> dict[str, tuple[str, str, dict[str, Any]]]:
+    """label -> (format, precision, converter options); ONNX fp32 always (the speed baseline)."""
+    out: dict[str, tuple[str, str, dict[str, Any]]] = {"onnx fp32": ("onnx", "fp32", {})}
+    for fmt in formats:
         out[f"{fmt} fp32"] = (fmt, "fp32", {})
         out[f"{fmt} int8 plain"] = (fmt, "int8", {"int8_loop": False})
         out[f"{fmt} int8 loop"] = (fmt, "int8", {"max_accuracy_drop": MAX_DROP})
-    out["openvino int8 nncf"] = ("openvino", "int8", {"max_accuracy_drop": MAX_DROP, "int8_loop": False})
+    if "openvino" in formats:
+        out["openvino int8 nncf"] = ("openvino", "int8", {"max_accuracy_drop": MAX_DROP, "int8_loop": False})
     return out
 
 
@@ -54,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--epochs", type=int, default=2, help="training epochs when no cached weights exist")
     ap.add_argument("--eval-items", type=int, default=1000)
+    ap.add_argument("--formats", default=",".join(FORMATS), help="comma separated, of: " + ", ".join(FORMATS))
     add_timing_args(ap, warmup=30, rounds=20, block=10)
     ap.add_argument("--work", type=Path, default=HERE / "results" / "int8_cnn")
     ap.add_argument("--out", type=Path, default=HERE / "results")
@@ -73,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     source, example = "samples.image_net:fashion_cnn", kwargs.pop("example_inputs")
 
     rows: dict[str, dict[str, Any]] = {}
-    for label, (fmt, precision, opts) in _variants().items():
+    for label, (fmt, precision, opts) in _variants(args.formats.split(",")).items():
         t0 = time.perf_counter()
         (art,) = edgekit.convert(source, example, targets=[fmt], precisions=[precision], calib=calib_npz,
                                  eval_data=small_eval, out=args.work / label.replace(" ", "-"),
