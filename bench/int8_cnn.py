@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     import edgekit
     from samples.image_classifier import convert_kwargs, train_fashion, write_data
 
-    weights = train_fashion(epochs=args.epochs) / "model.safetensors"
+    weights = train_fashion(epochs=args.epochs)  # the cached (or newly trained) model.safetensors
     eval_npz, calib_npz = write_data(args.work / "data")
     z = np.load(eval_npz)
     pick = np.random.default_rng(0).permutation(len(z["labels"]))[: args.eval_items]
