@@ -310,7 +310,10 @@ class OpenVinoModel(Model):
             with self._lock:
                 for i, name in enumerate(self._inputs):
                     arr = feed[name]  # (np.ascontiguousarray would turn a 0-d input into 1-d)
-                    req.set_input_tensor(i, tensor(arr if arr.flags.c_contiguous else arr.copy(), shared_memory=True))
+                    # OpenVINO refuses to share a read-only buffer (np.frombuffer, a memory map, Ray's
+                    # object store): copy those, as it copies a non-contiguous one
+                    shareable = arr.flags.c_contiguous and arr.flags.writeable
+                    req.set_input_tensor(i, tensor(arr if shareable else arr.copy(), shared_memory=True))
                 req.infer()
                 return {name: req.get_output_tensor(i).data.copy() for i, name in enumerate(self._outputs)}
         except (RuntimeError, TypeError, ValueError) as e:

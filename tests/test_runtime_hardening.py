@@ -134,6 +134,17 @@ def test_a_gguf_model_is_bit_identical_from_8_threads(tmp_path: Path) -> None:
         np.testing.assert_array_equal(got[t], want, err_msg=f"thread {t}")
 
 
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_read_only_inputs_run_on_every_runtime(fmt: str, arts: dict[str, Path]) -> None:
+    """np.frombuffer, a memory map or Ray's object store hand out read-only arrays; OpenVINO refused
+    to share them ("array is not writeable") and every matrix row on Ray failed."""
+    x = np.random.default_rng(2).standard_normal((3, 4)).astype(np.float32)
+    frozen = np.frombuffer(x.tobytes(), np.float32).reshape(3, 4)
+    assert not frozen.flags.writeable
+    with edgekit.load(arts[fmt]) as m:
+        np.testing.assert_array_equal(m.run(x=frozen)["logits"], m.run(x=x)["logits"])
+
+
 # -- 2. shapes checked against the manifest for every runtime ---------------------------------------
 @pytest.mark.parametrize("fmt", list(FORMATS))
 def test_wrong_fixed_size_is_refused_by_every_runtime(fmt: str, arts: dict[str, Path]) -> None:
