@@ -307,7 +307,7 @@ def test_a_modified_or_unverifiable_file_is_refused(mlp_dir: Path, tmp_path: Pat
     data = bytearray(model.read_bytes())
     data[-1] ^= 0xFF  # same size, one byte changed
     model.write_bytes(bytes(data))
-    with pytest.raises(ArtifactError, match="does not match the sha256 in its manifest"):
+    with pytest.raises(ArtifactError, match="does not match the sha256 recorded in its manifest"):
         find_artifacts([tmp_path])
     bare = tmp_path / "bare" / "m.onnx"
     bare.parent.mkdir()
