@@ -63,7 +63,8 @@ def connect(address: str, max_parallel: int | None = None) -> Any:
                               "configure_logging": False}
     if address in LOCAL_ADDRESSES:
         cpus = max(1, max_parallel or os.cpu_count() or 1)
-        ray.init(num_cpus=cpus, resources={BENCH_RESOURCE: 1}, **kwargs)
+        # address="local": a new instance even when a cluster already runs on this machine
+        ray.init(address="local", num_cpus=cpus, resources={BENCH_RESOURCE: 1}, **kwargs)
     else:
         try:
             ray.init(address=address, **kwargs)
