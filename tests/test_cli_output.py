@@ -333,7 +333,10 @@ def test_quiet_and_verbose(measured: dict, monkeypatch: pytest.MonkeyPatch, caps
         print("chatter")
     assert capsys.readouterr().out == ""
     res = CliRunner().invoke(main, ["-v", "compare", save, save])
-    assert res.exit_code == 0 and os.environ.get("EDGEKIT_VERBOSE") == "1"
+    # -v sets EDGEKIT_VERBOSE for the command (and its worker processes) and takes it back after,
+    # so a caller that runs main in-process (an app, a test) is not left verbose
+    assert res.exit_code == 0 and Output.verbose and "EDGEKIT_VERBOSE" not in os.environ
+    monkeypatch.setenv("EDGEKIT_VERBOSE", "1")
     with quiet("edgekit.test"):
         print("chatter")
     assert capsys.readouterr().out == "chatter\n"

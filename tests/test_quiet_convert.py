@@ -3,6 +3,7 @@ deprecation notices off the terminal unless ``-v`` is given (issue 12, item 16).
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -44,10 +45,12 @@ def test_convert_hides_torchao_and_pytree_noise_unless_verbose(tmp_path: Path) -
     program = tmp_path / "tiny.pt2"
     torch.export.save(torch.export.export(Tiny().eval(), (torch.randn(2, 4),)), program)
     runs = {}
+    # a clean environment: an in-process `edgekit -v` of an earlier test leaves EDGEKIT_VERBOSE set
+    env = {k: v for k, v in os.environ.items() if k != "EDGEKIT_VERBOSE"}
     for flags in ([], ["-v"]):
         proc = subprocess.run([sys.executable, "-c", SCRIPT, *flags, "convert", str(program), "--to", "onnx",
                                "--precision", "fp32", "--out", str(tmp_path / f"out{len(flags)}")],
-                              capture_output=True, text=True, timeout=300)
+                              capture_output=True, text=True, timeout=300, env=env)
         assert proc.returncode == 0, proc.stderr
         runs[bool(flags)] = proc.stderr
     assert "_C_mxfp8" in runs[True]  # -v lets it through: the noise really was emitted

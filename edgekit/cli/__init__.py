@@ -85,8 +85,10 @@ def main(quiet: bool = False, verbose: bool = False) -> None:
     from edgekit.cli._common import Output
 
     Output.quiet, Output.verbose = quiet, verbose
-    if verbose:  # read by edgekit.quiet.quiet(), here and in the worker processes
+    if verbose and "EDGEKIT_VERBOSE" not in os.environ:  # read by edgekit.quiet.quiet(), here and in workers
         os.environ["EDGEKIT_VERBOSE"] = "1"
+        # the command ends the process; where it does not (an app or a test calling main), undo it
+        click.get_current_context().call_on_close(lambda: os.environ.pop("EDGEKIT_VERBOSE", None))
 
 
 def _register() -> None:
