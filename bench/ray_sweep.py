@@ -57,7 +57,8 @@ def _sweep(sources: list[str], out: Path, ray: str | None, max_parallel: int) ->
     wall = time.perf_counter() - t
     rows = [r for res in results for r in res.rows if r.format != "pytorch"]
     return {"wall_s": wall, "rows": len(rows), "ok": sum(r.status == "ok" for r in rows),
-            "per_row": [{"label": f"{res.source.get('name')}:{r.label}", "convert_s": r.build_seconds,
+            "per_row": [{"label": f"{res.source.get('name')}:{r.label}", "status": str(r.status), "reason": r.reason,
+                         "convert_s": r.build_seconds,
                          "export_s": r.export_seconds, "bench_s": (r.bench_window[1] - r.bench_window[0])
                          if r.bench_window else None, "size_bytes": r.size_bytes}
                         for res in results for r in res.rows if r.format != "pytorch"]}

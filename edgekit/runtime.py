@@ -297,6 +297,9 @@ def load(path: str | Path, device: str | DeviceRequest = "cpu", *, runtime: str 
     >>> m = edgekit.load("out/digits-cnn-fp32.onnx", device="cpu", threads=2)  # doctest: +SKIP
     >>> m.run({"pixels": x})["logits"].shape  # doctest: +SKIP
     """
+    from edgekit.values import threads_value
+
+    threads = threads_value(threads)
     request = DeviceRequest.parse(device)
     if request.runtime is not None:
         if runtime not in (None, request.runtime):
@@ -307,7 +310,4 @@ def load(path: str | Path, device: str | DeviceRequest = "cpu", *, runtime: str 
     cls = runtime_for(ref.format, runtime)
     if verify and ref.manifest is not None:
         check_integrity(ref.path, ref.manifest)
-    from edgekit.values import threads_value
-
-    threads = threads_value(threads)
     return cls(ref, device=request, threads=threads, **options)

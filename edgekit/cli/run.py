@@ -115,8 +115,8 @@ def run(artifact: Path, input_path: Path | None, output_path: Path | None, devic
             note("no --input: ran on inputs synthesized from the signature")
         for name, entry in summary.items():
             if "type" in entry:
-                console.print(f"{name} {entry['type']} of {entry['length']}: {entry['values']}",
-                              highlight=False, markup=False)
+                console.print(f"[bold]{escape(name)}[/] " + escape(f"{entry['type']} of {entry['length']}: "
+                                                                  f"{entry['values']}"), highlight=False)
                 continue
             console.print(f"[bold]{escape(name)}[/] {entry['dtype']}{entry['shape']}", highlight=False)
             if "labels" in entry or "argmax" in entry:

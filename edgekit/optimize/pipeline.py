@@ -371,8 +371,8 @@ def run_recipe(
     from edgekit.sources import resolve_source
 
     recipe = load_recipe(recipe)
-    check_data_files(calib=calib, eval_data=eval_data)  # before the model loads or trains
     conversion = _conversion(recipe, targets, precisions, options)  # checked before the model loads or trains
+    check_data_files(calib=calib, eval_data=eval_data)  # before the model loads or trains
     source = resolve_source(model, example_inputs, input_names=input_names, output_names=output_names,
                             dynamic_axes=dynamic_axes, weights=weights, seq_len=seq_len)
     if recipe.prune is not None:
