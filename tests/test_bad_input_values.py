@@ -16,9 +16,15 @@ from torch import nn
 
 import edgekit
 from edgekit.cli import main as cli
+from edgekit.errors import (
+    ArtifactError,
+    CalibrationError,
+    ConfigError,
+    InputError,
+    MissingDependencyError,
+    RecipeError,
+)
 from edgekit.io import read_npz
-from edgekit.errors import ArtifactError, CalibrationError, ConfigError, InputError, MissingDependencyError, \
-    RecipeError
 
 
 class Tiny(nn.Module):
