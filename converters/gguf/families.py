@@ -116,8 +116,18 @@ def _f(v: Any) -> float | None:
     return float(v) if v is not None else None
 
 
+def _table(*families: Family) -> dict[str, Family]:
+    """The families by name; a name listed twice is a mistake in this file (a dict would hide it)."""
+    table: dict[str, Family] = {}
+    for f in families:
+        if f.name in table:
+            raise ValueError(f"GGUF family {f.name!r} is listed twice in converters/gguf/families.py")
+        table[f.name] = f
+    return table
+
+
 _F = Family  # one line per family below
-FAMILIES: dict[str, Family] = {f.name: f for f in (
+FAMILIES: dict[str, Family] = _table(
     # Llama 2/3.x, TinyLlama, SmolLM/SmolLM2 (meta-llama/Llama-3.2-1B, HuggingFaceTB/SmolLM2-135M)
     _F("llama", "LLAMA", ("LlamaForCausalLM",), (*DECODER, HParam(K.VOCAB_SIZE, ("vocab_size",))), ROPE_QK),
     # Mistral 7B v0.1-v0.3 (mistralai/Mistral-7B-v0.3): llama.cpp runs it as llama
@@ -185,18 +195,4 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     _F("nemotron", "NEMOTRON", ("NemotronForCausalLM",),
        (*DECODER[:6], HParam(A.LAYERNORM_RMS_EPS, ("norm_eps",), float), *_HEAD, _ROPE_DIM,
         HParam(K.VOCAB_SIZE, ("vocab_size",))), norm_offset=1.0, extra=_nemotron),
-    # BLOOM (bigscience/bloom-560m): ALiBi, embedding LayerNorm, fused QKV stored head by head
-    _F("bloom", "BLOOM", ("BloomForCausalLM",),
-       (HParam(K.CONTEXT_LENGTH, ("seq_length",), derive=lambda c: c.hidden_size), *_CORE[1:], _FFN,
-        HParam(A.HEAD_COUNT_KV, ("n_head",)), _LN),
-       ((".query_key_value.weight", Transform.QKV_HEADS), (".query_key_value.bias", Transform.QKV_HEADS)),
-       rope=False, strip="transformer."),
-    # StarCoder / SantaCoder (bigcode/starcoderbase-1b, GPTBigCodeForCausalLM): multi-query attention
-    _F("starcoder", "STARCODER", ("GPTBigCodeForCausalLM",),
-       (*_CORE, _FFN, HParam(A.HEAD_COUNT_KV, derive=lambda c: 1 if c.multi_query else c.n_head), _LN),
-       ignore=(".attn.bias", ".attn.masked_bias"), rope=False),
-    # Nemotron (nvidia/Minitron-4B-Base): LayerNorm1P stored as w - 1, squared-ReLU MLP, partial rotary
-    _F("nemotron", "NEMOTRON", ("NemotronForCausalLM",),
-       (*DECODER[:6], HParam(A.LAYERNORM_RMS_EPS, ("norm_eps",), float), *_HEAD, _ROPE_DIM,
-        HParam(K.VOCAB_SIZE, ("vocab_size",))), norm_offset=1.0, extra=_nemotron),
-)}
+)

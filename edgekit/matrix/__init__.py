@@ -224,18 +224,11 @@ def _one_format(run: _Run, src: ModelSource, cells: list[Variant], previous: dic
     todo: list[Precision] = []
     to_time: list[MatrixRow] = []
     for v in cells:
-        if v.problem is not None:
-            run.put(MatrixRow(v.format.value, v.precision.value, RowStatus.FAILED, v.problem, v.stage))
-            continue
-        prev = previous.get((v.format.value, v.precision.value))
-        if prev is not None and _intact(prev, out_dir):
-            prev.reused = prev.status is RowStatus.OK  # a converted-but-untimed row is timed in this run
-            run.put(prev)
-            run.result.reused += prev.status is RowStatus.OK
-            if prev.status is RowStatus.CONVERTED:  # converted before an interruption, never timed
-                to_time.append(prev)
-            continue
-        todo.append(v.precision)
+        convert_it, untimed = _settle(run, v, previous)
+        if convert_it:
+            todo.append(v.precision)
+        elif untimed is not None:
+            to_time.append(untimed)
     if todo:
         run.result.converted += len(todo)
         for row in _convert(src, cells[0].format, todo, out_dir, convert_options, run.progress):
@@ -246,6 +239,22 @@ def _one_format(run: _Run, src: ModelSource, cells: list[Variant], previous: dic
         _time_paired(row, src, out_dir, feed, run.result.settings)
         run.result.benchmarked += 1
         run.put(row)
+
+
+def _settle(run: _Run, v: Variant, previous: dict[tuple[str, str], MatrixRow]) -> tuple[bool, MatrixRow | None]:
+    """Put a variant the plan refused, or one a previous run finished, in the table now. Returns
+    (True, None) when it must be converted, else (False, the reused row when it still needs timing)."""
+    if v.problem is not None:
+        run.put(MatrixRow(v.format.value, v.precision.value, RowStatus.FAILED, v.problem, v.stage))
+        return False, None
+    prev = previous.get((v.format.value, v.precision.value))
+    if prev is None or not _intact(prev, run.result.path.parent):
+        return True, None
+    prev.reused = prev.status is RowStatus.OK  # a converted-but-untimed row is timed in this run
+    run.put(prev)
+    run.result.reused += prev.status is RowStatus.OK
+    # converted before an interruption, never timed
+    return False, prev if prev.status is RowStatus.CONVERTED else None
 
 
 def _convert(src: ModelSource, fmt: Format, precisions: list[Precision], out_dir: Path,

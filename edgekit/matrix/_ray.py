@@ -209,7 +209,7 @@ def _schedule(ray: Any, run: _Run, src_ref: Any, variants: list[Variant],
               convert_options: dict[str, Any], max_parallel: int | None) -> None:
     """Submit conversions, then each finished conversion's benchmark, at most ``max_parallel`` at once."""
     from edgekit.fsutil import publish, staging_dir
-    from edgekit.matrix import _intact
+    from edgekit.matrix import _settle
     from edgekit.matrix._rows import MatrixRow
 
     out_dir = run.result.path.parent
@@ -225,19 +225,12 @@ def _schedule(ray: Any, run: _Run, src_ref: Any, variants: list[Variant],
     queue: list[tuple[str, Any]] = []
 
     for v in variants:
-        if v.problem is not None:
-            run.put(MatrixRow(v.format.value, v.precision.value, RowStatus.FAILED, v.problem, v.stage))
-            continue
-        prev = previous.get((v.format.value, v.precision.value))
-        if prev is not None and _intact(prev, out_dir):
-            prev.reused = prev.status is RowStatus.OK
-            run.put(prev)
-            run.result.reused += prev.status is RowStatus.OK
-            if prev.status is RowStatus.CONVERTED:
-                queue.append(("bench", (prev, ray.put(_pack(out_dir / Path(prev.artifact or "").name)))))
-            continue
-        queue.append(("convert", v))
-        run.result.converted += 1
+        convert_it, untimed = _settle(run, v, previous)
+        if convert_it:
+            queue.append(("convert", v))
+            run.result.converted += 1
+        elif untimed is not None:
+            queue.append(("bench", (untimed, ray.put(_pack(out_dir / Path(untimed.artifact or "").name)))))
 
     def submit(kind: str, ctx: Any) -> None:
         if kind == "convert":
