@@ -154,12 +154,13 @@ TEXTS = ["the movie was good", "a bad film", "the plot was boring and the ending
          "really fun music, very good actors", "not a great film", "was the ending fun?"]
 
 
-def bert_tokenizer() -> Any:
-    """A BertTokenizerFast over :data:`VOCAB`, built here (nothing downloaded)."""
+def bert_tokenizer(words: list[str] | None = None, **options: Any) -> Any:
+    """A BertTokenizerFast over ``words`` (default :data:`VOCAB`, special tokens first), built here
+    (nothing downloaded); ``options`` go to BertTokenizerFast (e.g. ``model_input_names``)."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import BertTokenizerFast
 
-    vocab = {w: i for i, w in enumerate(VOCAB)}
+    vocab = {w: i for i, w in enumerate(VOCAB if words is None else words)}
     tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
@@ -167,7 +168,7 @@ def bert_tokenizer() -> Any:
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
         special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
     return BertTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
-                             cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+                             cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]", **options)
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ from click.testing import CliRunner
 import edgekit
 from edgekit.cli import main as cli
 from edgekit.errors import CalibrationError
+from tests.conftest import bert_tokenizer
 
 SENTENCES = [f"{s} {v} {o} today." for s in ("the cat", "a dog", "my friend", "the team")
              for v in ("saw", "likes", "found", "built") for o in ("a boat", "the river", "some bread", "it")]
@@ -113,20 +114,12 @@ SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 @pytest.fixture(scope="module")
 def pair_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+    from transformers import BertConfig, BertForSequenceClassification
 
     folder = tmp_path_factory.mktemp("pair") / "tiny-pair"
     vocab = {w: i for i, w in enumerate(SPECIAL + WORDS)}
-    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
-    fast = BertTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-                             sep_token="[SEP]", mask_token="[MASK]",
-                             model_input_names=["input_ids", "attention_mask"])  # as many hub tokenizers do
+    # token_type_ids left out of model_input_names, as many hub tokenizers do
+    fast = bert_tokenizer(SPECIAL + WORDS, model_input_names=["input_ids", "attention_mask"])
     fast.save_pretrained(folder)
     torch.manual_seed(0)
     config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
