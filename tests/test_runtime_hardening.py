@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -71,24 +72,31 @@ def test_every_backend_is_bit_identical_from_8_threads(fmt: str, arts: dict[str,
     xs = rng.standard_normal((CALLS, 1, 4)).astype(np.float32)
     with edgekit.load(arts[fmt]) as m:
         want = np.stack([m.run(x=x)["logits"] for x in xs])
-        got = np.zeros((THREADS, *want.shape), np.float32)
-        errors: list[BaseException] = []
-        start = threading.Barrier(THREADS)
+        _assert_same_from_threads(want, lambda t, k, i: m.run(x=xs[i])["logits"], timeout=120)
 
-        def work(t: int) -> None:
-            start.wait()
-            try:
-                for k in range(CALLS):
-                    i = (k + t * CALLS // THREADS) % CALLS  # threads run different inputs at once
-                    got[t, i] = m.run(x=xs[i])["logits"]
-            except BaseException as e:  # noqa: BLE001 - reported below
-                errors.append(e)
 
-        threads = [threading.Thread(target=work, args=(t,)) for t in range(THREADS)]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join(timeout=120)
+def _assert_same_from_threads(want: np.ndarray, call: Callable[[int, int, int], np.ndarray],
+                              timeout: float) -> None:
+    """THREADS threads each make CALLS calls ``call(thread, k, i)`` for input ``i`` (threads run
+    different inputs at once); every answer must equal ``want[i]`` bit for bit."""
+    got = np.zeros((THREADS, *want.shape), want.dtype)
+    errors: list[BaseException] = []
+    start = threading.Barrier(THREADS)
+
+    def work(t: int) -> None:
+        start.wait()
+        try:
+            for k in range(CALLS):
+                i = (k + t * CALLS // THREADS) % CALLS
+                got[t, i] = call(t, k, i)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(THREADS)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=timeout)
     assert not errors, f"{len(errors)} threads failed, first: {errors[0]!r}"
     for t in range(THREADS):
         np.testing.assert_array_equal(got[t], want, err_msg=f"thread {t}")
@@ -113,25 +121,9 @@ def test_a_gguf_model_is_bit_identical_from_8_threads(tmp_path: Path) -> None:
     ids = np.random.default_rng(2).integers(3, 512, (CALLS, 1, 3)).astype(np.int64)
     with edgekit.load(art.path, threads=1) as m:
         want = np.stack([m.run(input_ids=x)["logits"] for x in ids])
-        got = np.zeros((THREADS, *want.shape), np.float32)
-        errors: list[BaseException] = []
-
-        def work(t: int) -> None:
-            try:
-                for k in range(CALLS):
-                    i = (k + t * CALLS // THREADS) % CALLS
-                    got[t, i] = m.run(input_ids=ids[i])["logits"] if k % 2 else m.logits(ids[i][0])[None]
-            except BaseException as e:  # noqa: BLE001 - reported below
-                errors.append(e)
-
-        threads = [threading.Thread(target=work, args=(t,)) for t in range(THREADS)]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join(timeout=300)
-    assert not errors, f"{len(errors)} threads failed, first: {errors[0]!r}"
-    for t in range(THREADS):
-        np.testing.assert_array_equal(got[t], want, err_msg=f"thread {t}")
+        _assert_same_from_threads(  # run() and logits() interleaved: both take the model's turn
+            want, lambda t, k, i: m.run(input_ids=ids[i])["logits"] if k % 2 else m.logits(ids[i][0])[None],
+            timeout=300)
 
 
 @pytest.mark.parametrize("fmt", list(FORMATS))
