@@ -318,3 +318,11 @@ def save_random_lm(model: Any, folder: Path, tok_from: Path) -> Path:
         if f.name.startswith(("tokenizer", "special_tokens", "chat_template")):
             (folder / f.name).write_bytes(f.read_bytes())
     return folder
+
+
+@pytest.fixture(scope="module")
+def tok_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder holding the offline BPE tokenizer (:func:`bpe_tokenizer`), for the GGUF tests."""
+    folder = tmp_path_factory.mktemp("tok")
+    bpe_tokenizer(folder)
+    return folder

@@ -25,7 +25,7 @@ pytest.importorskip("tokenizers")
 
 import edgekit  # noqa: E402
 from edgekit.errors import ArtifactError, ConfigError, DeviceUnavailableError, InputError, SourceError  # noqa: E402
-from tests.conftest import CHAT_TEMPLATE, bpe_tokenizer, english_corpus, save_random_lm  # noqa: E402
+from tests.conftest import CHAT_TEMPLATE, english_corpus, save_random_lm  # noqa: E402
 
 HIDDEN, LAYERS, HEADS, KV_HEADS, VOCAB, CTX = 256, 2, 4, 2, 512, 512  # 256: rows fit k-quant blocks
 ALL = ["fp32", "fp16", "bf16", "q8_0", "q4_0", "q4_k_m", "q5_k_m", "q6_k"]
@@ -37,13 +37,6 @@ TEXTS = ["The quick brown fox jumps over the lazy dog near the river bank.",
 def _llama_cpp() -> Any:
     return pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed: "
                                "pip install 'edgekit[llamacpp]'")
-
-
-@pytest.fixture(scope="module")
-def tok_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("tok")
-    bpe_tokenizer(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")

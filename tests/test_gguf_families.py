@@ -30,7 +30,7 @@ gguf = pytest.importorskip("gguf", reason="the gguf package is not installed: pi
 pytest.importorskip("tokenizers")
 
 from bench.gguf_convert import DOWNLOAD, llama_cpp_root  # noqa: E402
-from tests.conftest import bpe_tokenizer, save_random_lm  # noqa: E402
+from tests.conftest import save_random_lm  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -110,13 +110,6 @@ for src, out in jobs:
         status = (traceback.format_exception_only(type(e), e)[-1].strip() or repr(e))[:300]
     print(json.dumps({"src": src, "status": status}), flush=True)
 """
-
-
-@pytest.fixture(scope="module")
-def tok_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("tok")
-    bpe_tokenizer(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")
