@@ -99,4 +99,4 @@ def matrix(sources: tuple[str, ...], targets: str | None, precisions: str | None
 def source_folder(source: str) -> str:
     """A folder name for one of several sources: ``models/a/`` -> ``a``, ``builtin:digits-cnn`` -> ``digits-cnn``."""
     name = Path(source.rstrip("/\\")).name or source
-    return name.split(":")[-1].replace(":", "-") or "source"
+    return name.split(":")[-1] or "source"
