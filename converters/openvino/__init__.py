@@ -27,6 +27,7 @@ from edgekit.quiet import quiet as _quiet
 from edgekit.types import Format, Precision
 
 PRESETS = ("auto", "performance", "mixed")
+GROUP_FALLBACKS = ("adjust", "ignore", "error")  # nncf.GroupSizeFallbackMode
 MODEL_TYPES = ("auto", "transformer", "generic")
 DROP_TYPES = ("absolute", "relative")
 RUNTIME_HINTS = ("f32", "bf16", "f16", "default")
@@ -58,6 +59,10 @@ class OpenVinoOptions(AccuracyOptions):
     # int4: NNCF weight compression
     int4_symmetric: bool = True  # INT4_SYM (False: INT4_ASYM)
     int4_block_size: int = 128  # weights per quantization group; -1: one group per output channel
+    # a layer whose input width int4_block_size does not divide (a 64- or 96-wide MLP): adjust (NNCF
+    # takes the largest power of two >= 32 that divides it, else keeps the layer at 8 bit), ignore
+    # (kept in float) or error (NNCF's "Failed to apply group-wise quantization")
+    int4_group_fallback: str = "adjust"
     int4_ratio: float = 1.0  # share of the ratio-defining layers in 4 bit, the rest int8
     int4_all_layers: bool = False  # embeddings and the last layer in 4 bit too (default: 8 bit)
     int4_awq: bool = False  # data-aware: activation-aware scaling (needs calibration data)
@@ -69,6 +74,7 @@ class OpenVinoOptions(AccuracyOptions):
         super().__post_init__()
         for name, value, allowed in (("preset", self.preset, PRESETS), ("model_type", self.model_type, MODEL_TYPES),
                                      ("accuracy_drop_type", self.accuracy_drop_type, DROP_TYPES),
+                                     ("int4_group_fallback", self.int4_group_fallback, GROUP_FALLBACKS),
                                      ("runtime_precision_hint", self.runtime_precision_hint, RUNTIME_HINTS)):
             if value not in allowed:
                 raise ConfigError(f"unknown {name} {value!r}", fix=f"use one of: {', '.join(allowed)}")
@@ -317,20 +323,35 @@ def _int8_weights(conv: OpenVinoConverter, base: Base, ctx: BuildContext) -> tup
 def _int4(conv: OpenVinoConverter, base: Base, ctx: BuildContext) -> tuple[Any, str, dict[str, Any]]:
     import nncf
 
+    from edgekit.converters.openvino.graph import group_sizes
+
     opts: OpenVinoOptions = ctx.options
     mode = nncf.CompressWeightsMode.INT4_SYM if opts.int4_symmetric else nncf.CompressWeightsMode.INT4_ASYM
     data_aware = opts.int4_awq or opts.int4_scale_estimation
     dataset, n = _dataset(ctx, opts.calibration_samples, "int4 with int4_awq/int4_scale_estimation") if data_aware else (None, 0)
+    fallback = nncf.GroupSizeFallbackMode(opts.int4_group_fallback)
     kwargs: dict[str, Any] = dict(mode=mode, group_size=opts.int4_block_size, ratio=opts.int4_ratio,
-                                  all_layers=opts.int4_all_layers, ignored_scope=_ignored(ctx))
+                                  all_layers=opts.int4_all_layers, ignored_scope=_ignored(ctx),
+                                  advanced_parameters=nncf.AdvancedCompressionParameters(
+                                      group_size_fallback_mode=fallback))
     if data_aware:
         kwargs.update(dataset=dataset, subset_size=n, awq=opts.int4_awq,
                       scale_estimation=opts.int4_scale_estimation)
-    model = nncf.compress_weights(_read(base), **kwargs)
+    try:
+        model = nncf.compress_weights(_read(base), **kwargs)
+    except nncf.InvalidGroupSizeError as e:  # int4_group_fallback=error on a narrow layer
+        raise QuantizationError(f"int4 of {ctx.source.name}: {_message(e)} (a layer's input width is not a "
+                                f"multiple of int4_block_size={opts.int4_block_size})",
+                                fix="use -O openvino.int4_group_fallback=adjust (the default) or a smaller "
+                                "-O openvino.int4_block_size") from e
     details = {"mode": mode.value, "group_size": opts.int4_block_size, "ratio": opts.int4_ratio,
-               "all_layers": opts.int4_all_layers,
+               "all_layers": opts.int4_all_layers, "group_fallback": fallback.value,
+               # 4-bit weight tensors per group size actually used (-1: per output channel)
+               "group_sizes": group_sizes(model),
                "backup": "embeddings and last layer int8_asym" if not opts.int4_all_layers else None}
     if data_aware:
         details["calibration"] = {"samples": n, "awq": opts.int4_awq,
                                   "scale_estimation": opts.int4_scale_estimation}
-    return model, f"nncf.compress_weights ({mode.value}, group size {opts.int4_block_size})", details
+    adjusted = sorted(set(details["group_sizes"]) - {str(opts.int4_block_size)}, key=int)
+    return model, (f"nncf.compress_weights ({mode.value}, group size {opts.int4_block_size}"
+                   f"{'; ' + ', '.join(adjusted) + ' where a layer width needs it' if adjusted else ''})"), details

@@ -162,3 +162,17 @@ def weight_bits(model: Any) -> dict[int, int]:
             continue
         counts[bits] += _size(op)
     return dict(counts)
+
+
+def group_sizes(model: Any) -> dict[str, int]:
+    """Group size -> number of 4-bit weight tensors using it: NNCF stores a grouped weight as
+    ``[out, groups, group size]`` and a per-channel one as ``[out, in]`` ("-1")."""
+    counts: Counter[str] = Counter()
+    for op in model.get_ops():
+        if op.get_type_name() != "Constant" or BITS.get(op.get_output_element_type(0).get_type_name()) != 4 \
+                or op.get_output_partial_shape(0).is_dynamic or _is_zero_point(op):
+            continue
+        shape = [int(d) for d in op.get_output_partial_shape(0).to_shape()]
+        if sum(d > 1 for d in shape) >= 2:
+            counts[str(shape[-1]) if len(shape) == 3 else "-1"] += 1
+    return dict(sorted(counts.items(), key=lambda kv: int(kv[0])))
