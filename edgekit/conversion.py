@@ -14,6 +14,7 @@ from edgekit.calib import check_data_files, examples_like
 from edgekit.errors import CalibrationError, EdgekitError, VerificationError
 from edgekit.fsutil import publish, sha256_file, staging_dir, write_json_atomic
 from edgekit.manifest import Manifest, Verification, library_versions, manifest_path
+from edgekit.optimize import int8_prep
 from edgekit.optimize.bits import NoLowBitWeights
 from edgekit.optimize.bits import require as require_bits
 from edgekit.types import ArtifactStatus, ExampleInputs, Format, ModelRef, Precision, ProgressFn
@@ -182,7 +183,8 @@ def convert_source(
     feeds = [source.example_inputs]
     if calibration is not None:
         feeds += list(calibration.take(VERIFY_SAMPLES).batches(8))
-    reference = Reference.build(source, feeds, evaluation, evaluator)
+    reference = Reference.build(source, feeds, evaluation, evaluator,
+                                keep_outputs=any(c.reference_outputs for c in converters))
     out_dir = Path(out)
     base_name = _safe_name(name or source.name)
     artifacts: list[Artifact] = []
@@ -202,14 +204,19 @@ def convert_source(
                 continue
             export_s = time.perf_counter() - t0
             precisions_ = plan[conv.format]
+            prepared: tuple[Any, Any, dict[str, Any]] | None = None  # static int8's own export (int8_prep)
             for i, precision in enumerate(precisions_):
                 if progress:
                     progress(f"build {conv.format.value}", i, len(precisions_))
                 try:
-                    artifacts.append(_build_one(conv, base, precision, base_name, ctx, reference,
+                    b, c, prep = base, ctx, None
+                    if precision is Precision.INT8 and int8_prep.wanted(ctx.options):
+                        prepared = prepared or int8_prep.prepared_base(conv, ctx)
+                        b, c, prep = prepared[0] or base, prepared[1], prepared[2]
+                    artifacts.append(_build_one(conv, b, precision, base_name, c, reference,
                                                 out_dir, assets, export_s,
                                                 options_dict(opts[conv.format]), record,
-                                                export_share=export_s / len(precisions_)))
+                                                export_share=export_s / len(precisions_), prep=prep))
                 except EdgekitError as e:
                     skip = wanted is None and isinstance(e, NoLowBitWeights)  # a default int4 that would lie
                     if not keep_going and not skip:
@@ -258,9 +265,10 @@ def _stage_assets(source: Any, stage: Path, base_name: str) -> dict[str, Any]:
 def _build_one(conv: Any, base: Any, precision: Precision, base_name: str, ctx: Any,
                reference: Any, out_dir: Path, assets: dict[str, Any],
                export_s: float, options: dict[str, Any], record: Mapping[str, Any] | None = None,
-               export_share: float = 0.0) -> Artifact:
+               export_share: float = 0.0, prep: dict[str, Any] | None = None) -> Artifact:
     """Build, verify and publish one precision; its ``seconds`` count ``export_share`` (the
-    format's export split over its precisions), the build, the verification and the manifest."""
+    format's export split over its precisions), the build, the verification and the manifest;
+    ``prep`` is what :mod:`edgekit.optimize.int8_prep` did to the module first."""
     stem = f"{base_name}-{precision.value}"
     t0 = time.perf_counter()
     built = conv.build(base, precision, stem, ctx)
@@ -279,6 +287,8 @@ def _build_one(conv: Any, base: Any, precision: Precision, base_name: str, ctx: 
                       lambda b: _verify(conv, b, precision, ctx, reference))
         built, verification, native = loop.built, loop.verification, loop.native or native
         built.details["accuracy_loop"] = loop.record
+    if prep is not None:
+        built.details["int8_prep"] = prep
     signature = native.with_examples(ctx.source.example_inputs)
     size = sum(f.stat().st_size for f in built.files)
     files = [{"path": f.name, "sha256": sha256_file(f), "bytes": f.stat().st_size} for f in built.files]

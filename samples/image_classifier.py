@@ -47,22 +47,25 @@ def normalise(images: np.ndarray) -> np.ndarray:
 
 
 def train_fashion(out: Path = MODEL_DIR, *, epochs: int = 2, batch_size: int = 128, lr: float = 3e-3,
-                  retrain: bool = False, threads: int = 2, seed: int = 0, log: Any = print) -> Path:
-    """Train the CNN on Fashion-MNIST; ``out/model.safetensors`` (+ ``training.json``), reused if there."""
+                  retrain: bool = False, threads: int = 2, seed: int = 0, log: Any = print,
+                  factory: str = FACTORY) -> Path:
+    """Train a CNN (``factory``, ``package.module:function``; default the sample's) on Fashion-MNIST;
+    ``out/model.safetensors`` (+ ``training.json``), reused if there."""
     weights = out / "model.safetensors"
     if not retrain and weights.is_file() and (out / "training.json").is_file():
         return weights
+    import importlib
+
     import torch
     from safetensors.torch import save_file
 
-    from samples.image_net import fashion_cnn
-
+    module_name, _, function = factory.partition(":")
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     images, labels = data.fashion_mnist("train")
     test_images, test_labels = data.fashion_mnist("test")
     x, y = torch.from_numpy(normalise(images)), torch.from_numpy(labels)
-    model = fashion_cnn()
+    model = getattr(importlib.import_module(module_name), function)().to(memory_format=torch.channels_last)
     steps = epochs * ((len(x) + batch_size - 1) // batch_size)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
@@ -73,7 +76,7 @@ def train_fashion(out: Path = MODEL_DIR, *, epochs: int = 2, batch_size: int = 1
         for idx in torch.randperm(len(x)).split(batch_size):
             xb = x[idx]
             flip = torch.rand(len(idx)) < 0.5  # clothes are left-right symmetric enough
-            xb = torch.where(flip[:, None, None, None], xb.flip(-1), xb)
+            xb = torch.where(flip[:, None, None, None], xb.flip(-1), xb).contiguous(memory_format=torch.channels_last)
             loss = torch.nn.functional.cross_entropy(model(xb), y[idx])
             opt.zero_grad()
             loss.backward()
@@ -87,7 +90,7 @@ def train_fashion(out: Path = MODEL_DIR, *, epochs: int = 2, batch_size: int = 1
     tmp = weights.with_suffix(".tmp")
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
     tmp.replace(weights)
-    record = {"factory": FACTORY, "data": "Fashion-MNIST train (60,000)", "epochs": epochs, "batch_size": batch_size,
+    record = {"factory": factory, "data": "Fashion-MNIST train (60,000)", "epochs": epochs, "batch_size": batch_size,
               "lr": lr, "threads": threads, "train_seconds": round(time.perf_counter() - t0, 1),
               "test_accuracy": acc, "params": sum(p.numel() for p in model.parameters())}
     (out / "training.json").write_text(json.dumps(record, indent=2))

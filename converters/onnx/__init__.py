@@ -19,7 +19,7 @@ from edgekit.converters import CONVERTERS, BuildContext, Built, Converter
 from edgekit.converters.onnx import graph
 from edgekit.errors import CalibrationError, ExportError, QuantizationError
 from edgekit.optimize.bits import fractions
-from edgekit.optimize.int8_loop import AccuracyOptions
+from edgekit.optimize.int8_prep import CalibrationOptions
 from edgekit.quiet import quiet as _quiet
 from edgekit.types import Format, Precision
 
@@ -27,7 +27,7 @@ CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 
 
 @dataclass(frozen=True)
-class OnnxOptions(AccuracyOptions):
+class OnnxOptions(CalibrationOptions):
     """Options of the ONNX converter (``-O name=value`` on the command line); the accuracy-aware
     int8 loop's options come from :class:`~edgekit.optimize.int8_loop.AccuracyOptions`."""
 
@@ -313,4 +313,5 @@ def _int4(conv: OnnxConverter, base: Base, out: Path, ctx: BuildContext) -> tupl
     quantizer.process()
     quantizer.model.save_model_to_file(str(out), base.external)
     return "onnxruntime MatMulNBitsQuantizer (4-bit weights, block-wise)", {
-        "block_size": opts.int4_block_size, "symmetric": opts.int4_symmetric, "op_types": list(ops)}
+        "block_size": opts.int4_block_size, "symmetric": opts.int4_symmetric, "op_types": list(ops),
+        "accuracy_level": opts.int4_accuracy_level}

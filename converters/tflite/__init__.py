@@ -32,7 +32,7 @@ from edgekit.converters import CONVERTERS, BuildContext, Built, Converter
 from edgekit.converters.tflite import export as tx
 from edgekit.errors import CalibrationError, ConfigError, EdgekitError, QuantizationError
 from edgekit.optimize.bits import fractions
-from edgekit.optimize.int8_loop import AccuracyOptions
+from edgekit.optimize.int8_prep import CalibrationOptions
 from edgekit.quiet import quiet as _quiet
 from edgekit.types import Format, Precision
 
@@ -42,7 +42,7 @@ SMOKE_SAMPLES = 8  # calibration samples run (with the example) when choosing am
 
 
 @dataclass(frozen=True)
-class TfliteOptions(AccuracyOptions):
+class TfliteOptions(CalibrationOptions):
     """Options of the TFLite converter (``-O tflite.name=value`` on the command line); the
     accuracy-aware int8 loop's options come from :class:`~edgekit.optimize.int8_loop.AccuracyOptions`."""
 
