@@ -23,7 +23,10 @@ from edgekit.optimize.int8_prep import CalibrationOptions
 from edgekit.quiet import quiet as _quiet
 from edgekit.types import Format, Precision
 
-CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+# int8 activation ranges: minmax (the extremes over all samples), mean-minmax (the mean of each
+# sample's extremes, NNCF's default for activations: one outlier sample no longer sets the range),
+# entropy or percentile (ORT's histogram methods)
+CALIBRATION_METHODS = ("minmax", "mean-minmax", "entropy", "percentile")
 
 
 @dataclass(frozen=True)
@@ -39,7 +42,7 @@ class OnnxOptions(CalibrationOptions):
     # corrupts outputs (a 3-layer MLP: worst cosine 0.94 on an AVX2 host, 0.9996 computed exactly). The
     # artifact may run on either, so the default is the range that is exact on every CPU.
     reduce_range: bool = True
-    calibration: str = "minmax"  # int8 activation ranges: minmax, entropy or percentile
+    calibration: str = "minmax"  # int8 activation ranges: one of CALIBRATION_METHODS
     calibration_samples: int = 128
     int4_block_size: int = 32
     int4_symmetric: bool = True
@@ -282,15 +285,17 @@ def _int8_static(conv: OnnxConverter, base: Base, out: Path, ctx: BuildContext
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     opts: OnnxOptions = ctx.options
-    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-              "percentile": CalibrationMethod.Percentile}[opts.calibration]
+    method = {"minmax": CalibrationMethod.MinMax, "mean-minmax": CalibrationMethod.MinMax,
+              "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}[opts.calibration]
+    # the reader gives one sample per batch, so ORT's moving average is the mean of per-sample extremes
+    extra = {"CalibMovingAverage": True} if opts.calibration == "mean-minmax" else {}
     reader = _Reader(ctx, opts.calibration_samples)
     quantize_static(str(base.prepared), str(out), reader, quant_format=QuantFormat.QDQ,
                     per_channel=opts.per_channel, reduce_range=opts.reduce_range, weight_type=QuantType.QInt8,
                     activation_type=QuantType.QUInt8, calibrate_method=method,
                     op_types_to_quantize=list(opts.int8_op_types) or None,
                     nodes_to_exclude=list(opts.nodes_to_exclude),
-                    use_external_data_format=base.external)
+                    use_external_data_format=base.external, extra_options=extra)
     return ("onnxruntime quantize_static (QDQ, int8 weights"
             f"{' per channel' if opts.per_channel else ''}, uint8 activations)"), {
         "calibration": {"method": opts.calibration, "samples": reader._done,
