@@ -76,6 +76,9 @@ class Converter(ABC):
     # whether it runs in a fresh process that has not imported the converter's stack
     verify_options: ClassVar[dict[str, Any]] = {}
     verify_isolated: ClassVar[bool] = False
+    # whether verification reads the original's outputs on every reference feed (computed once,
+    # before export, and kept); False for a format that reads a few once and keeps its own (GGUF)
+    reference_outputs: ClassVar[bool] = True
 
     def check(self, precisions: list[Precision]) -> None:
         """Fail early, before any work, on an unsupported precision or a missing package."""

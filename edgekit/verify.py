@@ -7,6 +7,7 @@ labelled data by default) and its delta.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -38,12 +39,27 @@ def eval_feeds(evaluation: EvalSet | None) -> list[Feed]:
     return data.batches() if data is not None else []
 
 
+class LazyOutputs(Sequence):
+    """The original's outputs on each feed, computed when read and never kept: a format that
+    reads a few of them once (GGUF spills what it needs) holds one feed's outputs at a time."""
+
+    def __init__(self, run: Callable[[Feed], dict[str, np.ndarray]], feeds: list[Feed]) -> None:
+        self._run, self._feeds = run, feeds
+
+    def __len__(self) -> int:
+        return len(self._feeds)
+
+    def __getitem__(self, i: int) -> dict[str, np.ndarray]:  # type: ignore[override]
+        return self._run(self._feeds[i])
+
+
 @dataclass(frozen=True)
 class Reference:
-    """Inputs and the original model's outputs on them, computed once per conversion."""
+    """Inputs and the original model's outputs on them, computed once per conversion (or, with
+    ``keep_outputs=False``, each time one is read: :class:`LazyOutputs`)."""
 
     feeds: list[Feed]
-    outputs: list[dict[str, np.ndarray]]
+    outputs: Sequence[dict[str, np.ndarray]]
     top1_outputs: frozenset[str]
     evaluation: EvalSet | None = None
     evaluator: Evaluator | None = None
@@ -51,12 +67,14 @@ class Reference:
 
     @classmethod
     def build(cls, source: ModelSource, feeds: list[Feed], evaluation: EvalSet | None = None,
-              evaluator: Any = None) -> Reference:
+              evaluator: Any = None, keep_outputs: bool = True) -> Reference:
         """``evaluator`` (a name, ``package.module:function`` or an Evaluator) scores the evaluation
-        data; None means accuracy when the data is labelled."""
+        data; None means accuracy when the data is labelled. ``keep_outputs=False`` when no
+        converter compares every output (:attr:`Converter.reference_outputs`): the outputs are then
+        computed when read, so a causal LM's full-sequence logits on every sample are never held."""
         from edgekit.evaluate import EvalData, get_evaluator
 
-        outs = [source.reference(f) for f in feeds]
+        outs = [source.reference(f) for f in feeds] if keep_outputs else LazyOutputs(source.reference, feeds)
         top1 = frozenset(n for n in source.output_names
                          if n == "logits" or source.task in CLASSIFICATION_TASKS)
         data, ev, base = EvalData.of(evaluation), None, None

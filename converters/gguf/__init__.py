@@ -31,6 +31,7 @@ from edgekit.types import Format, Precision
 
 if TYPE_CHECKING:
     from edgekit.converters.gguf.arch import Arch
+    from edgekit.converters.gguf.reference import SpilledLogits
     from edgekit.converters.gguf.tokenizer import GgufVocab
     from edgekit.manifest import OutputParity, Verification
     from edgekit.types import Signature
@@ -42,8 +43,6 @@ LM_TOLERANCES: dict[Precision, dict[str, float]] = {
     Precision.FP32: {"min_top1": 0.99},
     Precision.FP16: {"min_top1": 0.99},
 }
-# the most PyTorch reference logits kept between precisions (SmolLM2's 1024 tokens x 49152 would be 200 MB)
-REFERENCE_CACHE_BYTES = 64 * 2**20
 # text llama.cpp must split exactly as the Hugging Face tokenizer does: digits, contractions,
 # runs of spaces and newlines, punctuation, non-ASCII letters
 TOKENIZER_PROBES: tuple[str, ...] = (
@@ -97,12 +96,13 @@ class GgufBase:
     name: str
     eval_tokens: np.ndarray
     eval_origin: str
-    reference: Any  # token ids -> PyTorch logits (cached while small)
+    reference: Any  # token ids -> PyTorch logits
     tokenizer: Any  # the Hugging Face tokenizer llama.cpp must match
     intermediates: dict[str, tuple[Path, dict[str, Any]]] = field(default_factory=dict)  # f16/f32 files
     imatrix: tuple[Path, dict[str, Any]] | None = None
     tokenizer_checked: bool = False
     keep: dict[str, list[str]] = field(default_factory=dict)  # exclude_layers -> GGUF tensor names
+    spilled: SpilledLogits | None = None  # PyTorch's verification logits, on disk (``reference``)
 
 
 @CONVERTERS.register(Format.GGUF)
@@ -115,6 +115,7 @@ class GgufConverter(Converter):
     requires = ("torch", "transformers", "gguf")
     distributions = ("torch", "transformers", "gguf", "llama_cpp_python")
     Options = GgufOptions
+    reference_outputs = False  # verify() spills the parity rows' logits it reads (reference.py)
 
     def default_precisions(self, has_calibration: bool, task: str | None) -> list[Precision]:
         """llama.cpp's usual trio: f16 (the reference), q8_0 and q4_k_m."""
@@ -132,7 +133,7 @@ class GgufConverter(Converter):
     def export(self, ctx: BuildContext) -> GgufBase:
         from edgekit.converters.gguf.arch import arch_for
         from edgekit.converters.gguf.tokenizer import backend_json, hf_tokenizer, read_vocab
-        from edgekit.perplexity import cached, real_tokens, torch_logits
+        from edgekit.perplexity import real_tokens, torch_logits
 
         src, opts = ctx.source, ctx.options
         if src.task != "text-generation":
@@ -161,11 +162,7 @@ class GgufConverter(Converter):
         else:
             tokens, origin = real_tokens([src.example_inputs]), "example inputs"
         tokens = tokens[: opts.eval_tokens]
-        fn = torch_logits(model)
-        # PyTorch's logits are remembered across precisions only while all of them fit one bounded
-        # window budget; otherwise each window is recomputed and dropped (never all the logits at once)
-        small = tokens.size * rows * 4 <= REFERENCE_CACHE_BYTES
-        self._base = GgufBase(model, arch, vocab, folder, src.name, tokens, origin, cached(fn) if small else fn,
+        self._base = GgufBase(model, arch, vocab, folder, src.name, tokens, origin, torch_logits(model),
                               tokenizer, keep=keep)
         return self._base
 
@@ -175,6 +172,7 @@ class GgufConverter(Converter):
             raise ConfigError(f"gguf does not support precision {precision.value}",
                               fix=f"pass --precision with some of: {', '.join(p.value for p in self.precisions)}")
         out = ctx.workdir / f"{stem}{self.suffix}"
+        _hand_back(base)  # the writer reads the files, not the model: its pages need not be resident
         with _RssPeak() as rss:
             route, details = self._build(base, precision, out, ctx)
         from edgekit.runtimes.llamacpp.gguf_file import read_header
@@ -266,12 +264,14 @@ class GgufConverter(Converter):
     # -- verification ----------------------------------------------------------------------------
     def verify(self, built: Built, precision: Precision, ctx: BuildContext,
                reference: Reference) -> tuple[Verification, Signature]:
+        from edgekit.converters.gguf.reference import window_reader
         from edgekit.manifest import Verification
         from edgekit.perplexity import score
         from edgekit.runtime import load
 
         base: GgufBase = self._base
         opts: GgufOptions = ctx.options
+        store = self._reference_logits(base, ctx, reference)
         longest = max([opts.window] + [int(np.asarray(f["input_ids"]).shape[-1]) for f in reference.feeds])
         # f32 is judged with an f32 K/V cache, so the figures measure the file, not the cache
         kv_cache = "f32" if precision is Precision.FP32 else "f16"
@@ -279,8 +279,8 @@ class GgufConverter(Converter):
             if not base.tokenizer_checked:
                 _check_tokenizer(m, base.tokenizer)
                 base.tokenizer_checked = True
-            parity, rows = _masked_parity(m, reference, opts.parity_rows)
-            lm = score(m.logits, base.eval_tokens, opts.window, reference=base.reference)
+            parity, rows = _masked_parity(m, reference, opts.parity_rows, store)
+            lm = score(m.logits, base.eval_tokens, opts.window, reference=window_reader(store))
             signature = m.signature
         tol = LM_TOLERANCES.get(precision)
         top1 = min(lm.top1 or 0.0, parity.top1_agreement or 0.0)
@@ -292,31 +292,53 @@ class GgufConverter(Converter):
             metric={**lm.to_metric(base.eval_origin), "kv_cache": kv_cache})
         return verification, signature
 
+    def _reference_logits(self, base: GgufBase, ctx: BuildContext, reference: Reference) -> SpilledLogits:
+        """PyTorch's logits for this verification, on disk (computed by the first precision), with the
+        PyTorch model's mapped weights then handed back: llama.cpp maps the GGUF file without them."""
+        from edgekit.converters.gguf.reference import SpilledLogits, spill_reference
+        from edgekit.perplexity import windows
 
-def _masked_parity(m: Any, reference: Reference, max_rows: int) -> tuple[OutputParity, int]:
-    """Logits against PyTorch's at every position where the attention mask is 1, on the first
-    ``max_rows`` rows of the reference feeds (the calibration text is also scored, as a whole,
-    by the perplexity check)."""
+        opts: GgufOptions = ctx.options
+        if base.spilled is None:
+            base.spilled = SpilledLogits(ctx.workdir / "reference-logits.f32")
+        spill_reference(base.spilled, reference, opts.parity_rows, windows(base.eval_tokens, opts.window),
+                        base.reference)
+        _hand_back(base)
+        return base.spilled
+
+
+def _hand_back(base: GgufBase) -> None:
+    """Drop what the PyTorch model holds resident while it is idle: garbage from its last forward
+    pass, and its memory-mapped weights' pages (they fault back in when it runs again)."""
+    import gc
+
+    from edgekit.converters.gguf.tensors import safetensors_files
+    from edgekit.sources.pages import drop_mapped_pages
+
+    gc.collect()
+    drop_mapped_pages(safetensors_files(base.folder))
+
+
+def _masked_parity(m: Any, reference: Reference, max_rows: int, store: SpilledLogits
+                   ) -> tuple[OutputParity, int]:
+    """Logits against PyTorch's (spilled in ``store``) at every position where the attention mask
+    is 1, on the first ``max_rows`` rows of the reference feeds (the calibration text is also scored,
+    as a whole, by the perplexity check)."""
+    from edgekit.converters.gguf.reference import parity_rows
     from edgekit.manifest import OutputParity
     from edgekit.perplexity import top1_agrees
 
     max_err, err_sum, count, cosines, agree, positions, rows = 0.0, 0.0, 0, [], 0, 0, 0
-    for feed, ref in zip(reference.feeds, reference.outputs):
-        ids = np.asarray(feed["input_ids"])
-        mask = np.asarray(feed.get("attention_mask", np.ones_like(ids))).astype(bool)
-        for row in range(ids.shape[0]):
-            real = mask[row]
-            if not real.any() or rows >= max_rows:
-                continue
-            rows += 1
-            got = m.logits(ids[row, real]).astype(np.float64)
-            exp = np.asarray(ref["logits"][row][real], dtype=np.float64)
-            err = np.abs(got - exp)
-            max_err, err_sum, count = max(max_err, float(err.max())), err_sum + float(err.sum()), count + err.size
-            den = np.linalg.norm(got, axis=1) * np.linalg.norm(exp, axis=1)
-            cosines.append(np.where(den > 0, (got * exp).sum(1) / np.maximum(den, 1e-30), 1.0))
-            agree += int(top1_agrees(exp, got).sum())
-            positions += int(real.sum())
+    for i, row, real in parity_rows(reference, max_rows):
+        rows += 1
+        got = m.logits(np.asarray(reference.feeds[i]["input_ids"])[row, real]).astype(np.float64)
+        exp = np.asarray(store.get(("row", i, row)), dtype=np.float64)
+        err = np.abs(got - exp)
+        max_err, err_sum, count = max(max_err, float(err.max())), err_sum + float(err.sum()), count + err.size
+        den = np.linalg.norm(got, axis=1) * np.linalg.norm(exp, axis=1)
+        cosines.append(np.where(den > 0, (got * exp).sum(1) / np.maximum(den, 1e-30), 1.0))
+        agree += int(top1_agrees(exp, got).sum())
+        positions += int(real.sum())
     cos = np.concatenate(cosines) if cosines else np.ones(1)
     return OutputParity("logits", max_err, err_sum / max(count, 1), float(cos.mean()), float(cos.min()),
                         agree / positions if positions else None), rows
