@@ -22,7 +22,7 @@ from typing import Any
 from edgekit.converters import CONVERTERS, BuildContext, Built, Converter
 from edgekit.errors import CalibrationError, ConfigError, ExportError, QuantizationError
 from edgekit.optimize.bits import fractions
-from edgekit.optimize.int8_loop import AccuracyOptions
+from edgekit.optimize.int8_prep import CalibrationOptions
 from edgekit.quiet import quiet as _quiet
 from edgekit.types import Format, Precision
 
@@ -37,7 +37,7 @@ VERIFY_HINT = "f32"
 
 
 @dataclass(frozen=True)
-class OpenVinoOptions(AccuracyOptions):
+class OpenVinoOptions(CalibrationOptions):
     """Options of the OpenVINO converter (``-O name=value``, or ``-O openvino.name=value``); the
     accuracy-aware int8 loop's options (``int8_target``, ``max_accuracy_drop``...) come from
     :class:`~edgekit.optimize.int8_loop.AccuracyOptions`. With ``max_accuracy_drop`` and labelled
