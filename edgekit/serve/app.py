@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from edgekit.serve.served import ServedModel
 
 PUBLIC_PATHS = ("/v2/health/", "/healthz")  # probes work without the API key
+GUARD_HEADERS = (b"host", b"authorization", b"x-api-key")
 
 
 @dataclass
@@ -63,7 +64,7 @@ class ServerState:
 
     def count(self, model: str, endpoint: str, status: int) -> None:
         label = model if any(e.name == model for e in self.entries) else "-"
-        self.metrics.requests.labels(label, endpoint, str(status)).inc()
+        self.metrics.child(self.metrics.requests, label, endpoint, str(status)).inc()
 
 
 def state_of(request: Request) -> ServerState:
@@ -79,7 +80,7 @@ async def guarded(request: Request, model: str, endpoint: str, handler: Callable
     except EdgekitError as e:
         response = error_response(e, state.config.retry_after_s)
     if response.status_code < 400 and not getattr(response, "body_iterator", None):
-        state.metrics.latency.labels(model, endpoint).observe(time.perf_counter() - started)
+        state.metrics.child(state.metrics.latency, model, endpoint).observe(time.perf_counter() - started)
     state.count(model, endpoint, response.status_code)
     return response
 
@@ -93,12 +94,12 @@ class Guard:
         key = state.config.api_key
         self.key = key.encode() if key else None
         self.loopback = state.config.host in ("127.0.0.1", "localhost", "::1")
+        self._names: tuple[int | None, frozenset[str]] = (None, frozenset())
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        headers = {k.decode("latin-1").lower(): v for k, v in scope["headers"]}
-        problem = self._refuse(scope["path"], headers)
+        problem = self._refuse(scope["path"], scope["headers"])
         if problem is None:
             return await self.app(scope, receive, send)
         response = error_response(problem, self.state.config.retry_after_s)
@@ -106,25 +107,33 @@ class Guard:
             response.headers["Connection"] = "close"
         await response(scope, receive, send)
 
-    def _refuse(self, path: str, headers: dict[str, bytes]) -> HTTPError | None:
+    def _refuse(self, path: str, raw: list[tuple[bytes, bytes]]) -> HTTPError | None:
         state = self.state
+        wanted = GUARD_HEADERS if self.key is not None else (b"host",)
+        headers = {k.lower(): v for k, v in raw if k.lower() in wanted}  # only what is checked
         if self.loopback and state.port:
-            host = headers.get("host", b"").decode("latin-1").lower()
-            names = {f"{h}:{state.port}" for h in ("127.0.0.1", "localhost", "[::1]")}
-            if state.port == 80:
-                names |= {"127.0.0.1", "localhost", "[::1]"}
-            if host not in names:
+            host = headers.get(b"host", b"").decode("latin-1").lower()
+            if host not in self._host_names(state.port):
                 return HTTPError(403, f"host {host!r} is not this {state.config.name}",
                                  fix=f"connect to http://127.0.0.1:{state.port}/ from this machine")
         if state.draining:
             return HTTPError(503, "the server is shutting down", fix="retry on another server")
         if self.key is not None and not path.startswith(PUBLIC_PATHS):
-            given = headers.get("authorization", b"")
-            token = given[7:].strip() if given[:7].lower() == b"bearer " else headers.get("x-api-key", b"")
+            given = headers.get(b"authorization", b"")
+            token = given[7:].strip() if given[:7].lower() == b"bearer " else headers.get(b"x-api-key", b"")
             if not hmac.compare_digest(token, self.key):
                 return HTTPError(401, "a valid API key is needed",
                                  fix="send it as 'Authorization: Bearer KEY' or 'X-API-Key: KEY'")
         return None
+
+    def _host_names(self, port: int) -> frozenset[str]:
+        """The Host values a loopback server answers (computed once per port)."""
+        if self._names[0] != port:
+            names = {f"{h}:{port}" for h in ("127.0.0.1", "localhost", "[::1]")}
+            if port == 80:
+                names |= {"127.0.0.1", "localhost", "[::1]"}
+            self._names = (port, frozenset(names))
+        return self._names[1]
 
 
 async def _load_all(state: ServerState) -> None:

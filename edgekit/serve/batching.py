@@ -4,17 +4,23 @@ Requests wait in a queue of at most ``queue_size``; one more is refused at once
 (:class:`Overloaded`, answered 503 with ``Retry-After``), so memory never grows without bound.
 A worker takes the oldest request and waits up to ``timeout_s`` from its arrival for others with
 the same batching key, up to ``max_batch`` rows; the group runs as one call in the model's own
-thread (``run_batch``) and each request gets its own slice back. A group that fails is re-run one
-request at a time, so one bad request fails alone.
+thread (:class:`ModelThread`, ``run_batch``) and each request gets its own slice back. A group
+that fails is re-run one request at a time, so one bad request fails alone.
+
+A request that could not wait for company anyway (batching off, no batching key, or a full batch
+by itself) and finds the model idle with nothing queued goes to the model's thread at once,
+without a turn through the worker: on a quiet server that is every request.
 """
 
 from __future__ import annotations
 
 import asyncio
+import queue
+import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Hashable
-from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +38,67 @@ class RequestTimeout(EdgekitError):
     """The request waited or ran longer than the server's request timeout (HTTP 504)."""
 
 
+class ModelThread:
+    """The model's own thread: runs calls one at a time, in order, and hands each result back to
+    the event loop as an asyncio future (one queue put and one ``call_soon_threadsafe`` a call:
+    no executor futures chained to asyncio futures)."""
+
+    def __init__(self, name: str) -> None:
+        self._calls: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._work, name=name, daemon=True)
+        self._thread.start()
+
+    def run(self, fn: Callable[[Any], Any], arg: Any, done: Callable[[], None] | None = None) -> asyncio.Future:
+        """``fn(arg)`` in the model's thread, after the calls queued before it; ``done()`` runs in
+        the loop once the call has finished, even if nobody awaits the future any more."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._calls.put((fn, arg, loop, future, done))
+        return future
+
+    def shutdown(self) -> None:
+        """Finish the calls already queued, then end the thread."""
+        self._calls.put(None)
+        if threading.current_thread() is not self._thread:
+            self._thread.join()
+
+    def _work(self) -> None:
+        while (call := self._calls.get()) is not None:
+            fn, arg, loop, future, done = call
+            try:
+                result, error = fn(arg), None
+            except BaseException as e:  # noqa: BLE001 (delivered to the awaiting request)
+                result, error = None, e
+            try:
+                loop.call_soon_threadsafe(_settle, future, result, error, done)
+            except RuntimeError:  # the loop is closed: nobody waits for the answer
+                pass
+
+
+def _settle(future: asyncio.Future, result: Any, error: BaseException | None,
+            done: Callable[[], None] | None) -> None:
+    if done is not None:
+        done()
+    if future.done():  # the request was cancelled or timed out meanwhile
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+async def _within(future: asyncio.Future, timeout_s: float | None) -> Any:
+    """``await future`` for at most ``timeout_s``; on timeout or cancellation the future is
+    cancelled (the worker skips a cancelled job) and ``TimeoutError``/``CancelledError`` raised."""
+    if sys.version_info >= (3, 11):
+        async with asyncio.timeout(timeout_s):
+            return await future
+    try:
+        return await asyncio.wait_for(asyncio.shield(future), timeout_s)
+    finally:
+        future.cancel()  # no-op once it has a result
+
+
 @dataclass
 class _Job:
     payload: Any
@@ -44,17 +111,17 @@ class _Job:
 class Batcher:
     """Gathers requests for one model into batches; see the module docstring."""
 
-    def __init__(self, name: str, run_batch: RunBatch, executor: Executor, *, max_batch: int,
+    def __init__(self, name: str, run_batch: RunBatch, thread: ModelThread, *, max_batch: int,
                  timeout_s: float, queue_size: int, on_batch: Callable[[int, int], None] | None = None) -> None:
         self.name = name
         self._run = run_batch
-        self._executor = executor
+        self._thread = thread
         self.max_batch, self.timeout_s, self.queue_size = max_batch, timeout_s, queue_size
         self._on_batch = on_batch  # (requests in the batch, queue depth after taking it)
         self._jobs: deque[_Job] = deque()
         self._arrived = asyncio.Event()
         self._worker: asyncio.Task | None = None
-        self.running = 0  # requests in the batch being run now
+        self.running = 0  # requests in the model's thread now (a batch, or one sent there directly)
 
     @property
     def depth(self) -> int:
@@ -81,19 +148,33 @@ class Batcher:
         if len(self._jobs) >= self.queue_size:
             raise Overloaded(f"model {self.name!r} has {len(self._jobs)} requests waiting (the limit)",
                              fix="retry after the Retry-After delay, or start the server with a larger --queue-size")
-        job = _Job(payload, rows, key, asyncio.get_running_loop().create_future())
-        self._jobs.append(job)
-        self._arrived.set()
+        loop = asyncio.get_running_loop()
+        direct = (not self._jobs and not self.running and self._worker is not None
+                  and (key is None or rows >= self.max_batch or self.timeout_s <= 0))
+        if direct:  # nothing to wait for: straight to the model's thread
+            self.running += 1  # until the thread is done with it, even if the request goes away first
+            job = _Job(payload, rows, key, self._thread.run(self._one, payload, self._direct_done))
+        else:
+            job = _Job(payload, rows, key, loop.create_future())
+            self._jobs.append(job)
+            self._arrived.set()
         try:
-            return await asyncio.wait_for(asyncio.shield(job.future), timeout_s)
+            answer = await _within(job.future, timeout_s)
         except asyncio.TimeoutError:
-            job.future.cancel()  # the worker skips it if it has not started
             raise RequestTimeout(f"the request to {self.name!r} took more than {timeout_s:g} s",
                                  fix="send smaller inputs, or start the server with a larger --request-timeout") \
                 from None
-        except asyncio.CancelledError:
-            job.future.cancel()  # the client went away
-            raise
+        if not direct:
+            return answer
+        if self._on_batch:
+            self._on_batch(1, len(self._jobs))
+        if isinstance(answer, BaseException):
+            raise answer
+        result, timing = answer
+        return result, {**timing, "queue_ms": 0.0, "batch_size": 1.0}
+
+    def _direct_done(self) -> None:
+        self.running -= 1
 
     # -- the worker --------------------------------------------------------------------------
     async def _loop(self) -> None:
@@ -134,23 +215,22 @@ class Batcher:
         return sum(j.rows for j in self._jobs if j.key == first.key)
 
     async def _execute(self, batch: list[_Job]) -> None:
-        loop = asyncio.get_running_loop()
         started = time.perf_counter()
         if self._on_batch:
             self._on_batch(len(batch), len(self._jobs))
-        self.running = len(batch)
+        self.running += len(batch)
         try:
             try:
-                answers = await loop.run_in_executor(self._executor, self._run, [j.payload for j in batch])
+                answers = await self._thread.run(self._run, [j.payload for j in batch])
             except Exception as e:
                 if len(batch) == 1:
                     raise
                 del e  # one of them may be bad: run each alone so only that one fails
-                answers = [await loop.run_in_executor(self._executor, self._one, j.payload) for j in batch]
+                answers = [await self._thread.run(self._one, j.payload) for j in batch]
         except Exception as e:
             answers = [e]
         finally:
-            self.running = 0
+            self.running -= len(batch)
         for job, answer in zip(batch, answers):
             if job.future.done():
                 continue

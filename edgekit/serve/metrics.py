@@ -8,8 +8,10 @@ tokens and generation speed.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 STAGES = ("queue", "preprocess", "inference", "postprocess")
+_STAGE_KEYS = tuple((stage, f"{stage}_ms") for stage in STAGES)
 LATENCY_BUCKETS = (.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 SPEED_BUCKETS = (1, 5, 10, 25, 50, 100, 200, 400, 800, 1600)
@@ -37,13 +39,22 @@ class Metrics:
         self.generated_tokens = Counter("edgekit_generated_tokens", "Tokens generated", ["model"], registry=r)
         self.tokens_per_s = Histogram("edgekit_generation_tokens_per_second", "Generation speed per request",
                                       ["model"], buckets=SPEED_BUCKETS, registry=r)
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, looked up once per label set (it is on every request's path)."""
+        key = (metric, *labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
 
     def observe_stages(self, model: str, timing: Mapping[str, float]) -> None:
         """Record a request's stage times (``{"queue_ms": ..., "inference_ms": ...}``)."""
-        for stage in STAGES:
-            ms = timing.get(f"{stage}_ms")
+        for stage, key in _STAGE_KEYS:
+            ms = timing.get(key)
             if ms is not None:
-                self.stage.labels(model, stage).observe(ms / 1000.0)
+                self.child(self.stage, model, stage).observe(ms / 1000.0)
 
     def observe_tokens(self, model: str, prompt: int, generated: int, seconds: float) -> None:
         self.prompt_tokens.labels(model).inc(prompt)

@@ -194,9 +194,9 @@ def routes() -> list[BaseRoute]:
 
     models = "/v2/models/{name}"
     versioned = "/v2/models/{name}/versions/{version}"
-    return [
+    return [  # infer first: the router tries routes in order, and infer is the hot one
+        *(Route(base + "/infer", infer, methods=["POST"]) for base in (models, versioned)),
         Route("/v2", server_metadata), Route("/v2/health/live", live), Route("/v2/health/ready", ready),
         *(Route(base, model_metadata) for base in (models, versioned)),
         *(Route(base + "/ready", model_ready) for base in (models, versioned)),
-        *(Route(base + "/infer", infer, methods=["POST"]) for base in (models, versioned)),
     ]

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Hashable
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgekit.serve.batching import Batcher
+from edgekit.serve.batching import Batcher, ModelThread
 
 if TYPE_CHECKING:
     from edgekit.runtime import Model
@@ -51,9 +50,9 @@ class ServedModel:
         sig = model.signature
         # merging requests along axis 0 needs a dynamic batch axis on every input and output
         self.batchable = bool(sig.inputs) and all(s.rank and _dynamic(s.shape[0]) for s in (*sig.inputs, *sig.outputs))
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"edgekit-{self.name}")
+        self._thread = ModelThread(f"edgekit-{self.name}")
         self._metrics = metrics
-        self.batcher = Batcher(self.name, self._run_batch, self._executor, max_batch=config.max_batch,
+        self.batcher = Batcher(self.name, self._run_batch, self._thread, max_batch=config.max_batch,
                                timeout_s=config.batch_timeout_ms / 1000.0, queue_size=config.queue_size,
                                on_batch=self._observe_batch)
         self.timeout_s = config.request_timeout_s
@@ -98,7 +97,7 @@ class ServedModel:
 
     async def stop(self) -> None:
         await self.batcher.stop()
-        self._executor.shutdown(wait=True)
+        self._thread.shutdown()
         self.model.close()
 
     # -- in the model's thread -------------------------------------------------------------------
@@ -153,7 +152,7 @@ class ServedModel:
         return [(result, {"inference_ms": _ms(t0, time.perf_counter())})]
 
     def _observe_batch(self, requests: int, depth: int) -> None:
-        self._metrics.batch.labels(self.name).observe(requests)
+        self._metrics.child(self._metrics.batch, self.name).observe(requests)
 
     def describe(self) -> dict[str, Any]:
         m = self.model.manifest

@@ -36,15 +36,16 @@ def datatype_of(dtype: str | np.dtype) -> str:
     return NUMPY_TO_OIP.get(name, name.upper())
 
 
-def parse_request(body: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes]:
+def parse_request(body: bytes, header_length: str | None) -> tuple[dict[str, Any], memoryview]:
     """The JSON part of an infer request and the binary part after it (empty for plain JSON)."""
     if header_length is not None:
         if not header_length.isdigit() or int(header_length) > len(body):
             raise InputError(f"{HEADER} is {header_length!r}, but the body has {len(body)} bytes",
                              fix=f"set {HEADER} to the length of the JSON header")
-        head, blob = body[:int(header_length)], body[int(header_length):]
+        # the tensors stay a view of the body: decoded without a copy (np.frombuffer)
+        head, blob = body[:int(header_length)], memoryview(body)[int(header_length):]
     else:
-        head, blob = body, b""
+        head, blob = body, memoryview(b"")
     try:
         request = json.loads(head)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
@@ -56,8 +57,9 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[dict[str, Any
     return request, blob
 
 
-def decode_inputs(request: Mapping[str, Any], blob: bytes) -> dict[str, np.ndarray]:
-    """Every input of an infer request as a numpy array (BYTES: an object array of bytes)."""
+def decode_inputs(request: Mapping[str, Any], blob: bytes | memoryview) -> dict[str, np.ndarray]:
+    """Every input of an infer request as a numpy array (BYTES: an object array of bytes); binary
+    numeric tensors are read-only views of ``blob`` on little-endian hosts (no copy)."""
     out: dict[str, np.ndarray] = {}
     offset = 0
     for i, tensor in enumerate(request["inputs"]):
@@ -95,7 +97,7 @@ def _count(shape: list[int]) -> int:
     return int(np.prod(shape, dtype=np.int64)) if shape else 1
 
 
-def _from_binary(name: str, raw: bytes, dtype: str, shape: list[int]) -> np.ndarray:
+def _from_binary(name: str, raw: bytes | memoryview, dtype: str, shape: list[int]) -> np.ndarray:
     if dtype == "BYTES":
         items, pos = [], 0
         while pos < len(raw):
@@ -105,7 +107,7 @@ def _from_binary(name: str, raw: bytes, dtype: str, shape: list[int]) -> np.ndar
             if pos + 4 + n > len(raw):
                 raise InputError(f"BYTES input {name!r} has an element past the end of its data",
                                  fix="check the serialisation")
-            items.append(raw[pos + 4:pos + 4 + n])
+            items.append(bytes(raw[pos + 4:pos + 4 + n]))
             pos += 4 + n
         arr = np.empty(len(items), dtype=object)
         arr[:] = items
@@ -114,7 +116,9 @@ def _from_binary(name: str, raw: bytes, dtype: str, shape: list[int]) -> np.ndar
         if len(raw) != _count(shape) * dt.itemsize:
             raise InputError(f"input {name!r}: {len(raw)} bytes of data for shape {shape} {dtype} "
                              f"({_count(shape) * dt.itemsize} expected)", fix="make the data match the shape")
-        arr = np.frombuffer(raw, dtype=dt.newbyteorder("<")).astype(dt)
+        arr = np.frombuffer(raw, dtype=dt.newbyteorder("<"))
+        if not arr.dtype.isnative:  # a big-endian host: one copy into its own byte order
+            arr = arr.astype(dt)
     return _reshape(name, arr, shape)
 
 
