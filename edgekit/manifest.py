@@ -32,6 +32,10 @@ class OutputParity:
     cosine: float
     min_cosine: float
     top1_agreement: float | None = None
+    # top-1 agreement where the original's top two scores are not a near-tie (edgekit.verify.NEAR_TIE),
+    # and how many positions were near-ties
+    top1_agreement_no_ties: float | None = None
+    near_ties: int | None = None
 
 
 @dataclass(frozen=True)

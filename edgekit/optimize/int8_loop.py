@@ -2,14 +2,18 @@
 keep its most sensitive layers in float, one more per step, until it meets its target.
 
 The target is a figure of the verification edgekit already runs: the task metric's drop on
-``--eval`` data when ``max_accuracy_drop`` is set, else the top-1 agreement with the original for
-classifier outputs (default 0.98), else the worst per-sample cosine (default 0.99); ``int8_target``
-overrides the default. The layers are ranked once by :func:`edgekit.optimize.sensitivity.sensitivity`
-on the verification's own inputs; each step rebuilds from the converter's exported base with one
-more layer in ``exclude_layers`` (no re-export) until the target is met, ``int8_max_exclusions``
-layers are out, or the variant outgrows ``int8_max_size_ratio`` times the plain int8 size. Every
-step is recorded in the manifest (``conversion.accuracy_loop``); a variant that ends short of its
-target is ``degraded``.
+``--eval`` data when ``max_accuracy_drop`` is set; else, with labelled ``--eval`` data scored by
+accuracy and no ``int8_target``, the accuracy drop on that data (at most ``DEFAULT_DROP``, one
+point); else the top-1 agreement with the original for classifier outputs (default 0.98), else the
+worst per-sample cosine (default 0.99); ``int8_target`` overrides these defaults. Top-1 agreement is
+counted where the original's top two scores are not a near-tie (within 1% of the position's score
+range, ``edgekit.verify.NEAR_TIE``): the ~34 verification samples would otherwise let one swapped
+coin toss (one sample = 3 points) mark a variant degraded. The layers are ranked once by
+:func:`edgekit.optimize.sensitivity.sensitivity` on the verification's own inputs; each step rebuilds
+from the converter's exported base with one more layer in ``exclude_layers`` (no re-export) until
+the target is met, ``int8_max_exclusions`` layers are out, or the variant outgrows
+``int8_max_size_ratio`` times the plain int8 size. Every step is recorded in the manifest
+(``conversion.accuracy_loop``); a variant that ends short of its target is ``degraded``.
 
 >>> edgekit.convert(net, (x,), targets=["onnx"], precisions=["int8"], calib="c.npz",
 ...                 options={"onnx": {"int8_target": 0.99}})  # doctest: +SKIP
@@ -31,6 +35,7 @@ if TYPE_CHECKING:
 
 DEFAULT_TOP1 = 0.98  # classifiers: top-1 agreement with the original
 DEFAULT_COSINE = 0.99  # other outputs: worst per-sample cosine to the original
+DEFAULT_DROP = 0.01  # with labelled --eval data (accuracy): at most one point below the original
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,9 @@ class Goal:
                 raise ConfigError(f"max_accuracy_drop={opts.max_accuracy_drop} needs labelled evaluation data",
                                   fix="pass --eval data.npz (the inputs plus 'labels'), or use -O int8_target")
             return cls("metric_drop", float(opts.max_accuracy_drop))
+        metric = verification.metric or {}
+        if opts.int8_target is None and metric.get("name") == "accuracy":  # labelled --eval data, not ~34 samples
+            return cls("metric_drop", DEFAULT_DROP)
         top1 = any(o.top1_agreement is not None for o in verification.outputs)
         default = DEFAULT_TOP1 if top1 else DEFAULT_COSINE
         return cls("top1" if top1 else "cosine", default if opts.int8_target is None else float(opts.int8_target))
@@ -81,8 +89,9 @@ class Goal:
         if self.figure == "metric_drop":
             m = v.metric or {}
             return float(reference.evaluator.drop(float(m["value"]), float(m["reference"])))
-        if self.figure == "top1":
-            return min(o.top1_agreement for o in v.outputs if o.top1_agreement is not None)
+        if self.figure == "top1":  # near-ties not counted (all positions when every one is a tie)
+            return min(o.top1_agreement if o.top1_agreement_no_ties is None else o.top1_agreement_no_ties
+                       for o in v.outputs if o.top1_agreement is not None)
         return min(o.min_cosine for o in v.outputs)
 
     def met(self, value: float) -> bool:
@@ -120,6 +129,7 @@ def refine(conv: Converter, base: Any, stem: str, ctx: BuildContext, reference: 
            built: Built, verification: Verification, verify: Verify) -> Outcome:
     """Run the loop on a verified static int8 variant; see the module docstring."""
     from edgekit.types import Precision
+    from edgekit.verify import NEAR_TIE
 
     opts = ctx.options
     goal = Goal.of(opts, verification, reference)
@@ -127,6 +137,8 @@ def refine(conv: Converter, base: Any, stem: str, ctx: BuildContext, reference: 
     first = goal.value(verification, reference)
     steps: list[dict[str, Any]] = [{"excluded": list(opts.exclude_layers), "value": first, "size_bytes": size0}]
     record: dict[str, Any] = {"goal": goal.describe(), "figure": goal.figure, "target": goal.target, "steps": steps}
+    if goal.figure == "top1":
+        record["near_ties"] = f"not counted (top two scores within {NEAR_TIE:.0%} of the score range)"
     if goal.met(first) or not opts.int8_loop:
         record.update(met=goal.met(first), value=first, excluded=list(opts.exclude_layers),
                       stopped="met" if goal.met(first) else "loop off (-O int8_loop=false)")
