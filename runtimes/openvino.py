@@ -308,12 +308,17 @@ class OpenVinoModel(Model):
         req, tensor = self._request, self._tensor
         try:
             with self._lock:
+                # the request keeps a raw pointer into each input, not the array: every array must
+                # live until infer() returns (a copy freed earlier was read after malloc reused it)
+                held = []
                 for i, name in enumerate(self._inputs):
                     arr = feed[name]  # (np.ascontiguousarray would turn a 0-d input into 1-d)
                     # OpenVINO refuses to share a read-only buffer (np.frombuffer, a memory map, Ray's
                     # object store): copy those, as it copies a non-contiguous one
-                    shareable = arr.flags.c_contiguous and arr.flags.writeable
-                    req.set_input_tensor(i, tensor(arr if shareable else arr.copy(), shared_memory=True))
+                    if not (arr.flags.c_contiguous and arr.flags.writeable):
+                        arr = arr.copy()
+                    held.append(arr)
+                    req.set_input_tensor(i, tensor(arr, shared_memory=True))
                 req.infer()
                 return {name: req.get_output_tensor(i).data.copy() for i, name in enumerate(self._outputs)}
         except (RuntimeError, TypeError, ValueError) as e:

@@ -129,12 +129,21 @@ def test_a_gguf_model_is_bit_identical_from_8_threads(tmp_path: Path) -> None:
 @pytest.mark.parametrize("fmt", list(FORMATS))
 def test_read_only_inputs_run_on_every_runtime(fmt: str, arts: dict[str, Path]) -> None:
     """np.frombuffer, a memory map or Ray's object store hand out read-only arrays; OpenVINO refused
-    to share them ("array is not writeable") and every matrix row on Ray failed."""
-    x = np.random.default_rng(2).standard_normal((3, 4)).astype(np.float32)
-    frozen = np.frombuffer(x.tobytes(), np.float32).reshape(3, 4)
-    assert not frozen.flags.writeable
-    with edgekit.load(arts[fmt]) as m:
-        np.testing.assert_array_equal(m.run(x=frozen)["logits"], m.run(x=x)["logits"])
+    to share them ("array is not writeable") and every matrix row on Ray failed. Then the copy made
+    for it was freed before infer() read it: 4 KiB is past numpy's small-buffer cache, so the free
+    put malloc's pointers into the first floats (the Ray-only 'diverged' fp32 OpenVINO rows, errors
+    of 1e24-1e33). Several calls, with allocations between, as a worker's verification makes them."""
+    rng = np.random.default_rng(2)
+    for rows in (3, 256, 1024):
+        x = rng.standard_normal((rows, 4)).astype(np.float32)
+        frozen = np.frombuffer(x.tobytes(), np.float32).reshape(rows, 4)
+        strided = np.repeat(x, 2, axis=1)[:, ::2]  # writeable but not contiguous: copied too
+        assert not frozen.flags.writeable and not strided.flags.c_contiguous
+        with edgekit.load(arts[fmt]) as m:
+            want = m.run(x=x)["logits"]
+            for _ in range(3):
+                np.testing.assert_array_equal(m.run(x=frozen)["logits"], want)
+                np.testing.assert_array_equal(m.run(x=strided)["logits"], want)
 
 
 # -- 2. shapes checked against the manifest for every runtime ---------------------------------------
