@@ -76,6 +76,17 @@ FAMILIES: dict[str, tuple[str, str, dict[str, Any]]] = {
                                                                     multi_query=True)),
     "nemotron": ("NemotronConfig", "NemotronForCausalLM", dict(**DEC, partial_rotary_factor=0.5)),
 }
+# Phi-3 128k (microsoft/Phi-3-mini-128k-instruct): long rope, factors far from 1 so that a file without them,
+# or with long and short swapped, is far off; 88 test tokens > the original 64 select the long factors
+PHI3_LONGROPE = {"rope_type": "longrope", "rope_theta": 10000.0, "original_max_position_embeddings": 64,
+                 "long_factor": [1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0],
+                 "short_factor": [1.0, 1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6]}
+# variant -> (family, config class, model class, tiny config): configs of a family that take another path
+VARIANTS: dict[str, tuple[str, str, str, dict[str, Any]]] = {
+    "phi3-longrope": ("phi3", "Phi3Config", "Phi3ForCausalLM",
+                      dict(**DEC, original_max_position_embeddings=64, rope_parameters=PHI3_LONGROPE)),
+}
+CASES = {**FAMILIES, **{name: v[1:] for name, v in VARIANTS.items()}}
 
 
 def sdist_root() -> Path:
@@ -117,7 +128,7 @@ def checkpoints(tok_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
     """Every family's tiny checkpoint, saved once for the module."""
     root = tmp_path_factory.mktemp("families")
     out = {}
-    for fam, (cfg_name, cls_name, kw) in FAMILIES.items():
+    for fam, (cfg_name, cls_name, kw) in CASES.items():
         cfg = getattr(transformers, cfg_name)(**SMALL, **kw)
         cfg.architectures = [cls_name]
         out[fam] = save_random_lm(getattr(transformers, cls_name)(cfg), root / fam, tok_dir)
@@ -155,7 +166,7 @@ def _write(fam: str, folder: Path, out: Path) -> Path:
     cfg = transformers.AutoConfig.from_pretrained(folder)
     model = transformers.AutoModelForCausalLM.from_pretrained(folder)
     arch = arch_for(type(model).__name__)
-    assert arch.name == fam
+    assert arch.name == VARIANTS.get(fam, (fam,))[0]
     # not the family name: llama.cpp gives tokens of a model named "phi3" attributes by name
     write_gguf(out, model, arch, read_vocab(folder, SMALL["vocab_size"], cfg), Precision.FP16, "tiny", folder=folder)
     _WRITTEN[fam] = out
@@ -172,7 +183,7 @@ def test_every_family_is_registered_once_and_names_its_architecture() -> None:
         assert fam.arch_name == gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH[fam.arch]]
 
 
-@pytest.mark.parametrize("fam", list(FAMILIES))
+@pytest.mark.parametrize("fam", list(CASES))
 def test_family_f16_matches_pytorch_in_llama_cpp(fam: str, checkpoints: dict[str, Path], tmp_path: Path) -> None:
     pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed: pip install 'edgekit[llamacpp]'")
     import edgekit
@@ -202,7 +213,7 @@ def _arch_keys(path: Path) -> dict[str, Any]:
     return {k: f.contents() for k, f in r.fields.items() if k.startswith(arch + ".")}
 
 
-@pytest.mark.parametrize("fam", list(FAMILIES))
+@pytest.mark.parametrize("fam", list(CASES))
 def test_family_tensors_are_identical_to_llama_cpps_converter(fam: str, checkpoints: dict[str, Path],
                                                               llama_cpp_files: dict[str, Any], tmp_path: Path) -> None:
     theirs = llama_cpp_files[fam]

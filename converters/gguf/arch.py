@@ -53,6 +53,7 @@ class Family:
     norm_offset: float = 0.0  # added to every "*norm.weight" (Gemma's RMSNorm multiplies by 1 + w)
     ignore: tuple[str, ...] = ("rotary_emb.inv_freq",)  # state-dict suffixes with no GGUF tensor
     rope: bool = True  # rotary embedding: write freq_base (and llama3 rope factors)
+    long_rope: bool = False  # Phi-3's longrope/su scaling: rope_factors_long/short and an attention factor
     extra: Callable[[Any], dict[str, Any]] | None = None  # family-only keys, e.g. soft-capping
     strip: str = ""  # a prefix the gguf table does not know (BLOOM's "transformer.")
 

@@ -74,8 +74,11 @@ def _stablelm(c: Any) -> dict[str, Any]:
 
 
 def _phi3(c: Any) -> dict[str, Any]:
+    from edgekit.converters.gguf.rope import long_rope_attn_factor
+
     return {A.SLIDING_WINDOW: int(getattr(c, "sliding_window", None) or 0),
-            R.SCALING_ORIG_CTX_LEN: getattr(c, "original_max_position_embeddings", None)}
+            R.SCALING_ORIG_CTX_LEN: getattr(c, "original_max_position_embeddings", None),
+            R.SCALING_ATTN_FACTOR: long_rope_attn_factor(c)}
 
 
 def _cohere(c: Any) -> dict[str, Any]:
@@ -143,8 +146,9 @@ FAMILIES: dict[str, Family] = _table(
     _F("gemma2", "GEMMA2", ("Gemma2ForCausalLM",), (*DECODER, _SWA), norm_offset=1.0, extra=_gemma2),
     # Gemma 3 text (google/gemma-3-1b-it): q/k norms, local rope base for sliding layers
     _F("gemma3", "GEMMA3", ("Gemma3ForCausalLM",), (*DECODER, _SWA), norm_offset=1.0, extra=_gemma3),
-    # Phi-3 / Phi-3.5 / Phi-4-mini (microsoft/Phi-3-mini-4k-instruct): fused qkv and gate_up kept fused
-    _F("phi3", "PHI3", ("Phi3ForCausalLM",), DECODER, extra=_phi3),
+    # Phi-3 / Phi-3.5 / Phi-4-mini (microsoft/Phi-3-mini-4k-instruct): fused qkv and gate_up kept fused;
+    # the 128k models (microsoft/Phi-3-mini-128k-instruct) with long rope factors
+    _F("phi3", "PHI3", ("Phi3ForCausalLM",), DECODER, extra=_phi3, long_rope=True),
     # GPT-2 (openai-community/gpt2): learned positions, Conv1D weights stored input-major
     _F("gpt2", "GPT2", ("GPT2LMHeadModel",), (*_CORE, _FFN, _LN),
        ((".c_attn.weight", Transform.TRANSPOSE), (".c_proj.weight", Transform.TRANSPOSE),

@@ -1,14 +1,20 @@
-"""Rotary-embedding settings for GGUF: ``rope.freq_base``, scaling keys and llama3's factors."""
+"""Rotary-embedding settings for GGUF: ``rope.freq_base``, scaling keys, llama3's factors and
+Phi-3's long-rope factors."""
 
 from __future__ import annotations
 
 import math
 from typing import Any
 
+import numpy as np
+
 from edgekit.errors import ExportError
 
-# rope_type -> what llama.cpp is told; llama3 scaling also needs a rope_freqs tensor
-ROPE_SCALING: dict[str, str | None] = {"default": None, "linear": "linear", "llama3": None, "yarn": "yarn"}
+# rope_type -> what llama.cpp is told; llama3 scaling also needs a rope_freqs tensor, long rope
+# (Phi-3's "longrope", once "su") the rope_factors_long/short tensors and an attention factor
+ROPE_SCALING: dict[str, str | None] = {"default": None, "linear": "linear", "llama3": None, "yarn": "yarn",
+                                       "longrope": None, "su": None}
+LONG_ROPE = ("longrope", "su")
 
 
 def rope_settings(config: Any) -> dict[str, Any]:
@@ -73,3 +79,30 @@ def llama3_rope_factors(rope: dict[str, Any], dim: int) -> list[float]:
             smooth = (old_ctx / wavelen - low) / (high - low)
             factors.append(float(1 / ((1 - smooth) / factor + smooth)))
     return factors
+
+
+def long_rope_factors(rope: dict[str, Any], config: Any) -> tuple[np.ndarray, np.ndarray] | None:
+    """Phi-3's per-frequency long and short factors (``rope_factors_long/short.weight``, float32),
+    checked against the rotary size as llama.cpp's converter checks them; None without them."""
+    long, short = rope.get("long_factor"), rope.get("short_factor")
+    if not long:
+        return None
+    n_embd, n_head = int(config.hidden_size), int(config.num_attention_heads)
+    dims = int(float(rope.get("partial_rotary_factor", 1.0)) * n_embd) // n_head
+    if not short or len(long) != len(short) or 2 * len(long) != dims:
+        raise ExportError(f"long rope needs {dims // 2} long and short factors (one per rotary frequency), "
+                          f"got {len(long)} and {len(short or [])}",
+                          fix="check rope_scaling.long_factor and short_factor in config.json")
+    return np.asarray(long, dtype=np.float32), np.asarray(short, dtype=np.float32)
+
+
+def long_rope_attn_factor(config: Any) -> float | None:
+    """The attention scale llama.cpp applies with long rope: sqrt(1 + ln(s) / ln(original context))
+    for a context stretched ``s`` times (as its converter computes it; None without long factors)."""
+    rope = rope_settings(config)
+    if rope["rope_type"] not in LONG_ROPE or not rope.get("long_factor"):
+        return None
+    orig = float(rope.get("original_max_position_embeddings")
+                 or config.original_max_position_embeddings)
+    scale = float(config.max_position_embeddings) / orig
+    return math.sqrt(1 + math.log(scale) / math.log(orig)) if scale > 1.0 else 1.0

@@ -16,7 +16,13 @@ from typing import Any
 import numpy as np
 
 from edgekit.converters.gguf.arch import Arch, NameMap, Transform, block_count, head_dim, hparam_values
-from edgekit.converters.gguf.rope import llama3_rope_factors, rope_keys, rope_settings
+from edgekit.converters.gguf.rope import (
+    LONG_ROPE,
+    llama3_rope_factors,
+    long_rope_factors,
+    rope_keys,
+    rope_settings,
+)
 from edgekit.converters.gguf.tensors import StateDictSource, TensorSource, open_source
 from edgekit.converters.gguf.tokenizer import GgufVocab
 from edgekit.errors import ExportError
@@ -107,12 +113,20 @@ def plan_tensors(model: Any, arch: Arch, precision: Precision, source: TensorSou
 
 
 def rope_tensors(arch: Arch, config: Any, head_dim: int) -> list[tuple[str, np.ndarray]]:
-    """Generated tensors: llama3 rope scaling's per-frequency factors."""
+    """Generated tensors: llama3 rope scaling's per-frequency factors, Phi-3's long and short ones."""
     if not arch.rope:
         return []
     rope = rope_settings(config)
     if rope["rope_type"] == "llama3":
         return [("rope_freqs.weight", np.asarray(llama3_rope_factors(rope, head_dim), dtype=np.float32))]
+    if rope["rope_type"] in LONG_ROPE:
+        if not arch.long_rope:
+            raise ExportError(f"{arch.name} with {rope['rope_type']} rope scaling is not written by edgekit's "
+                              "GGUF writer (llama.cpp runs long rope for Phi-3 only)",
+                              fix="convert it to ONNX instead (--to onnx)")
+        factors = long_rope_factors(rope, config)
+        return [] if factors is None else [("rope_factors_long.weight", factors[0]),
+                                           ("rope_factors_short.weight", factors[1])]
     return []
 
 
