@@ -11,7 +11,10 @@
    - ``edgekit writer``: ``write_gguf`` alone, given the config and the checkpoint directory: the
      weights are read from the memory-mapped safetensors, one tensor at a time;
    - ``edgekit convert``: ``edgekit.convert`` as the CLI runs it, with verification (PyTorch model
-     loaded, llama.cpp tokenizer check, logits parity, perplexity/KL on the example inputs).
+     loaded, llama.cpp tokenizer check, logits parity, perplexity/KL on the example inputs). Its
+     resident memory is also sampled every 10 ms (``VmRSS``) and its peak given per phase, the
+     phases told apart by ``convert``'s progress messages: ``load`` (imports, the model, reference,
+     export), ``write`` and ``verify`` (PyTorch's reference logits, then llama.cpp).
 4. Tensor identity: every tensor of edgekit's file against llama.cpp's (name, type, shape, bytes).
 
     .venv/bin/python bench/gguf_convert.py --rounds 3     # markdown; JSON in bench/results/gguf_convert.json
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -58,9 +62,39 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+class PhasePeaks:
+    """Peak ``VmRSS`` (MB) per phase, sampled by a thread; ``progress`` names the phase."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.phase, self.peaks = "load", {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def progress(self, stage: str, done: int, total: int) -> None:
+        if stage.startswith("write "):
+            self.phase = "write"
+        elif stage.startswith("verify "):
+            self.phase = "verify"
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.01):
+            with open("/proc/self/status") as f:
+                rss = next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:"))
+            self.peaks[self.phase] = max(self.peaks.get(self.phase, 0.0), rss)
+
+    def stop(self) -> dict[str, float]:
+        self._stop.set()
+        self._thread.join()
+        return {k: round(v, 1) for k, v in self.peaks.items()}
+
+
 def worker(variant: str, src: Path, precision: str, out: Path) -> dict[str, Any]:
     """One conversion in this (fresh) process; its wall time and peak RSS."""
     t0 = time.perf_counter()
+    phases = None
     if variant == "llama.cpp":
         import runpy
 
@@ -82,14 +116,19 @@ def worker(variant: str, src: Path, precision: str, out: Path) -> dict[str, Any]
         write_gguf(out, config, arch_for(config.architectures[0]), vocab, Precision(precision.replace("f16", "fp16")),
                    src.name, folder=src)  # the config alone: the weights come from the files
     else:
+        phases = PhasePeaks()
         import edgekit
 
         (art,) = edgekit.convert(str(src), targets=["gguf"], precisions=[precision], out=out.parent,
-                                 name=out.stem.rsplit("-", 1)[0], options={"gguf": {"threads": 2}})
+                                 name=out.stem.rsplit("-", 1)[0], options={"gguf": {"threads": 2}},
+                                 progress=phases.progress)
         if art.status != "ok":
             raise SystemExit(f"edgekit convert failed: {art.reason}")
         out = Path(art.path)
-    return {"seconds": time.perf_counter() - t0, "peak_rss_mb": _peak_mb(), "path": str(out)}
+    row = {"seconds": time.perf_counter() - t0, "peak_rss_mb": _peak_mb(), "path": str(out)}
+    if phases is not None:
+        row["phase_peak_rss_mb"] = phases.stop()
+    return row
 
 
 def run_one(variant: str, src: Path, precision: str, out: Path) -> dict[str, Any]:
@@ -100,7 +139,8 @@ def run_one(variant: str, src: Path, precision: str, out: Path) -> dict[str, Any
     if proc.returncode:
         return {"variant": variant, "precision": precision, "error": proc.stderr.strip().splitlines()[-1:]}
     row = json.loads(proc.stdout.strip().splitlines()[-1])
-    return {"variant": variant, "precision": precision, "process_seconds": time.perf_counter() - t0, **row}
+    return {"variant": variant, "precision": precision, "process_seconds": time.perf_counter() - t0,
+            "load_avg_1m": os.getloadavg()[0], **row}
 
 
 def identity(a: Path, b: Path) -> dict[str, Any]:
@@ -163,6 +203,16 @@ def main(argv: list[str] | None = None) -> int:
     for s in summary:
         print(f"| {s['precision']} | {s['variant']} | {s['seconds']:.1f} | {s['peak_rss_mb']:.0f} | "
               f"{s['time_ratio']:.2f}x | {s['rss_ratio']:.2f}x |")
+    for precision in PRECISIONS:
+        runs = [r["phase_peak_rss_mb"] for r in rows if r.get("phase_peak_rss_mb") and r["precision"] == precision]
+        if runs:
+            cells = ", ".join(f"{k} {statistics.median(r[k] for r in runs if k in r):.0f} MB"
+                              for k in ("load", "write", "verify") if any(k in r for r in runs))
+            print(f"\nedgekit convert {precision}, peak RSS by phase (median of {len(runs)}): {cells}")
+    loads = [r["load_avg_1m"] for r in rows if "load_avg_1m" in r]
+    if loads:
+        print(f"\nhost load average (1 min) over the runs: median {statistics.median(loads):.1f}, "
+              f"max {max(loads):.1f} ({os.cpu_count()} CPUs)")
     for p, ident in same.items():
         print(f"\n{p}: {ident['identical']}/{ident['tensors']} tensors byte-identical to llama.cpp's"
               + (f"; differ: {ident['differ']}" if ident["differ"] else ""))

@@ -205,6 +205,7 @@ class GgufConverter(Converter):
             kind = opts.quantize_from
             src = self._intermediate(base, Precision.FP16 if kind == "f16" else Precision.FP32, ctx)
             imatrix = self._imatrix(base, ctx)
+            _hand_back(base)  # PyTorch ran for the importance matrix; llama.cpp's quantizer maps the file
             t0 = time.perf_counter()
             keep = None
             if base.keep:
