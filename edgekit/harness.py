@@ -240,25 +240,35 @@ def benchmark(path: str | Path, *, device: str = "cpu", runtime: str | None = No
     if on is not None:
         from edgekit.devices.remote import bench_on
 
-        return bench_on(on, path, inputs=inputs, timeout=timeout, **kwargs)
-    if isolated:
-        return _isolated(path, inputs, kwargs, timeout)
+        result = bench_on(on, path, inputs=inputs, timeout=timeout, **kwargs)
+    elif isolated:
+        result = _isolated(path, inputs, kwargs, timeout)
+    else:
+        result = _in_process(path, inputs, kwargs, progress)
+    if result.sha256 is None:  # rows of two runs match by content first (edgekit compare)
+        from edgekit.compare import artifact_sha256
+
+        result.sha256 = artifact_sha256(path)
+    return result
+
+
+def _in_process(path: str | Path, inputs: Any, kw: dict[str, Any], progress: ProgressFn | None) -> BenchResult:
     from edgekit.runtime import load
 
     try:
         feed = _read_inputs(inputs)
         t = time.perf_counter_ns()
-        model = load(path, device=device, runtime=runtime, threads=threads, **dict(options or {}))
+        model = load(path, device=kw["device"], runtime=kw["runtime"], threads=kw["threads"], **kw["options"])
         load_ms = (time.perf_counter_ns() - t) / 1e6
+        timing = dict(warmup=kw["warmup"], runs=kw["runs"], min_time=kw["min_time"], load_ms=load_ms,
+                      progress=progress)
         with model:
-            if task_inputs is not None:
-                return measure_task(model, list(task_inputs), warmup=warmup, runs=runs, min_time=min_time,
-                                    load_ms=load_ms, progress=progress)
-            return measure_model(model, feed, warmup=warmup, runs=runs, min_time=min_time,
-                                 batch=batch, dims=dims, load_ms=load_ms, progress=progress)
+            if kw["task_inputs"] is not None:
+                return measure_task(model, kw["task_inputs"], **timing)
+            return measure_model(model, feed, batch=kw["batch"], dims=kw["dims"], **timing)
     except EdgekitError as e:
-        return BenchResult(artifact=str(path), status=BenchStatus.FAILED, reason=e.problem, device=device,
-                           threads=threads, batch=batch)
+        return BenchResult(artifact=str(path), status=BenchStatus.FAILED, reason=e.problem, device=kw["device"],
+                           threads=kw["threads"], batch=kw["batch"])
 
 
 def _read_inputs(inputs: Mapping[str, Any] | str | Path | None) -> dict[str, Any] | None:

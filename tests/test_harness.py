@@ -106,3 +106,29 @@ def test_isolated_peak_rss_is_the_childs_own(cnn_artifacts: dict) -> None:
     r = edgekit.benchmark(cnn_artifacts["fp32"].path, runs=10, warmup=1, isolated=True)
     assert ballast.sum() > 0
     assert 10 < r.peak_rss_mb < 300, r.peak_rss_mb  # a forked child must not inherit the parent's peak
+
+
+def test_benchmark_rows_carry_the_artifacts_sha256(cnn_artifacts: dict, tmp_path: Path) -> None:
+    """edgekit.benchmark() from Python fills the row's sha256 (edgekit compare matches rows by it
+    first), in-process and isolated, from the manifest or by hashing a bare file; the same bytes
+    under another name are matched by content."""
+    import hashlib
+    import json
+    import shutil
+
+    from edgekit.compare import compare
+    from edgekit.harness import SCHEMA
+
+    art = cnn_artifacts["fp32"].path
+    want = hashlib.sha256(art.read_bytes()).hexdigest()
+    bare = tmp_path / "renamed.onnx"  # no manifest beside it: hashed
+    shutil.copy(art, bare)
+    rows = [edgekit.benchmark(art, runs=3, warmup=1), edgekit.benchmark(art, runs=3, warmup=1, isolated=True),
+            edgekit.benchmark(bare, runs=3, warmup=1)]
+    assert [r.status for r in rows] == ["ok"] * 3
+    assert [r.sha256 for r in rows] == [want] * 3
+    assert edgekit.benchmark(tmp_path / "missing.onnx", runs=3).sha256 is None  # a failed row: nothing to hash
+    for name, r in (("old.json", rows[0]), ("new.json", rows[2])):
+        (tmp_path / name).write_text(json.dumps({"schema": SCHEMA, "results": [r.to_dict()]}))
+    (d,) = compare(tmp_path / "old.json", tmp_path / "new.json", max_regression=10.0).deltas
+    assert d.matched_by == "sha256"

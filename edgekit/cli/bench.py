@@ -52,7 +52,6 @@ def bench(artifacts: tuple[Path, ...], device: str, runtime: str | None, threads
 
     (``edgekit bench --matrix SRC ...`` still runs ``edgekit matrix SRC ...`` for this release.)
     """
-    from edgekit.compare import artifact_sha256
     from edgekit.harness import SCHEMA, benchmark
     from edgekit.host import host_info
     from edgekit.report import bench_table
@@ -69,8 +68,6 @@ def bench(artifacts: tuple[Path, ...], device: str, runtime: str | None, threads
                                          inputs=input_path, batch=batch, dims=sizes, warmup=warmup,
                                          runs=runs, min_time=min_time, isolated=isolated,
                                          task_inputs=task_inputs(texts, images, path), on=place))
-        for r, path in zip(results, artifacts):
-            r.sha256 = r.sha256 or artifact_sha256(path)
         if host is None:
             host = next((r.host for r in results if r.host), None)
         else:
