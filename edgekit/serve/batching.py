@@ -9,7 +9,9 @@ that fails is re-run one request at a time, so one bad request fails alone.
 
 A request that could not wait for company anyway (batching off, no batching key, or a full batch
 by itself) and finds the model idle with nothing queued goes to the model's thread at once,
-without a turn through the worker: on a quiet server that is every request.
+without a turn through the worker: on a quiet server that is every request. Either way the model
+thread has one call at a time; everything else waits in the bounded queue, where it can still be
+batched.
 """
 
 from __future__ import annotations
@@ -122,6 +124,8 @@ class Batcher:
         self._arrived = asyncio.Event()
         self._worker: asyncio.Task | None = None
         self.running = 0  # requests in the model's thread now (a batch, or one sent there directly)
+        self._idle = asyncio.Event()  # set while nothing runs: one call in the model's thread at a time
+        self._idle.set()
 
     @property
     def depth(self) -> int:
@@ -152,8 +156,8 @@ class Batcher:
         direct = (not self._jobs and not self.running and self._worker is not None
                   and (key is None or rows >= self.max_batch or self.timeout_s <= 0))
         if direct:  # nothing to wait for: straight to the model's thread
-            self.running += 1  # until the thread is done with it, even if the request goes away first
-            job = _Job(payload, rows, key, self._thread.run(self._one, payload, self._direct_done))
+            self._busy(1)  # until the thread is done with it, even if the request goes away first
+            job = _Job(payload, rows, key, self._thread.run(self._one, payload, lambda: self._busy(-1)))
         else:
             job = _Job(payload, rows, key, loop.create_future())
             self._jobs.append(job)
@@ -173,8 +177,12 @@ class Batcher:
         result, timing = answer
         return result, {**timing, "queue_ms": 0.0, "batch_size": 1.0}
 
-    def _direct_done(self) -> None:
-        self.running -= 1
+    def _busy(self, requests: int) -> None:
+        self.running += requests
+        if self.running:
+            self._idle.clear()
+        else:
+            self._idle.set()
 
     # -- the worker --------------------------------------------------------------------------
     async def _loop(self) -> None:
@@ -182,6 +190,7 @@ class Batcher:
             while not self._jobs:
                 self._arrived.clear()
                 await self._arrived.wait()
+            await self._idle.wait()  # a request sent straight to the model is still running
             batch = await self._gather()
             if batch:
                 await self._execute(batch)
@@ -218,7 +227,7 @@ class Batcher:
         started = time.perf_counter()
         if self._on_batch:
             self._on_batch(len(batch), len(self._jobs))
-        self.running += len(batch)
+        self._busy(len(batch))
         try:
             try:
                 answers = await self._thread.run(self._run, [j.payload for j in batch])
@@ -230,7 +239,7 @@ class Batcher:
         except Exception as e:
             answers = [e]
         finally:
-            self.running -= len(batch)
+            self._busy(-len(batch))
         for job, answer in zip(batch, answers):
             if job.future.done():
                 continue

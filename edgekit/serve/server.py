@@ -85,9 +85,11 @@ class Server:
                 # a drained stop is a clean exit (status 0): uvicorn would re-raise the signal after
                 getattr(self, "_captured_signals", []).clear()
 
+        # loop and http stay "auto": uvloop and httptools when installed (the serve extra has both);
+        # no X-Forwarded-* rewriting: nothing here reads the client address or scheme
         config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="on",
                                 timeout_graceful_shutdown=int(self.config.drain_timeout_s) or None,
-                                timeout_keep_alive=5)
+                                timeout_keep_alive=5, proxy_headers=False)
         self._uvicorn = _Uvicorn(config)
         try:
             self._uvicorn.run(sockets=[sock])

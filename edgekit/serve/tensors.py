@@ -9,6 +9,7 @@ in binary as 4-byte little-endian lengths each followed by the bytes.
 from __future__ import annotations
 
 import json
+import math
 import struct
 from collections.abc import Mapping
 from typing import Any
@@ -30,10 +31,16 @@ NUMPY_TO_OIP: dict[str, str] = {v: k for k, v in DATATYPES.items() if k != "BYTE
 
 def datatype_of(dtype: str | np.dtype) -> str:
     """The OIP datatype name of a numpy dtype (``float32`` -> ``FP32``)."""
-    name = np.dtype(dtype).name
-    if np.dtype(dtype).kind in "OSU":
-        return "BYTES"
-    return NUMPY_TO_OIP.get(name, name.upper())
+    found = _DATATYPE_OF.get(dtype)
+    if found is None:
+        dt = np.dtype(dtype)
+        found = "BYTES" if dt.kind in "OSU" else NUMPY_TO_OIP.get(dt.name, dt.name.upper())
+        if len(_DATATYPE_OF) < 64:  # bounded: string dtypes differ by length
+            _DATATYPE_OF[dtype] = found
+    return found
+
+
+_DATATYPE_OF: dict[Any, str] = {}  # every response asks: np.dtype(...).name is slow next to a dict
 
 
 def parse_request(body: bytes, header_length: str | None) -> tuple[dict[str, Any], memoryview]:
@@ -94,7 +101,7 @@ def decode_inputs(request: Mapping[str, Any], blob: bytes | memoryview) -> dict[
 
 
 def _count(shape: list[int]) -> int:
-    return int(np.prod(shape, dtype=np.int64)) if shape else 1
+    return math.prod(shape)  # Python ints: no overflow, and far cheaper than np.prod on a short list
 
 
 def _from_binary(name: str, raw: bytes | memoryview, dtype: str, shape: list[int]) -> np.ndarray:
