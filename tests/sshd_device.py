@@ -57,6 +57,11 @@ class Sshd:
 
         return f"ssh://{getpass.getuser()}@127.0.0.1:{self.port}"
 
+    def connections(self) -> int:
+        """Connections sshd accepted so far (needs ``sshd(..., log_level="VERBOSE")``)."""
+        log = self.dir / "sshd.log"
+        return log.read_text(errors="replace").count("Connection from ") if log.is_file() else 0
+
     def session_pids(self) -> list[int]:
         """The per-connection sshd processes (children of the listener), not the commands they run."""
         out = []
@@ -72,8 +77,10 @@ class Sshd:
 
 
 @contextmanager
-def sshd(root: Path, *, chroot: Path | None = None, host_key: Path | None = None) -> Iterator[Sshd]:
-    """Debian's sshd on 127.0.0.1:<free port>; with ``chroot``, every session runs inside it."""
+def sshd(root: Path, *, chroot: Path | None = None, host_key: Path | None = None,
+         log_level: str = "ERROR") -> Iterator[Sshd]:
+    """Debian's sshd on 127.0.0.1:<free port>; with ``chroot``, every session runs inside it.
+    ``log_level="VERBOSE"`` logs a "Connection from" line per connection (:meth:`Sshd.connections`)."""
     root.mkdir(parents=True, exist_ok=True)
     host_key = host_key or keygen(root / "host_ed25519")
     user_key = root / "user_ed25519"
@@ -84,7 +91,7 @@ def sshd(root: Path, *, chroot: Path | None = None, host_key: Path | None = None
     lines = ["ListenAddress 127.0.0.1", f"Port {port}", f"HostKey {host_key}", f"PidFile {root / 'sshd.pid'}",
              f"AuthorizedKeysFile {root / 'authorized_keys'}", "StrictModes no", "UsePAM no",
              "PasswordAuthentication no", "KbdInteractiveAuthentication no", "PubkeyAuthentication yes",
-             "PermitRootLogin prohibit-password", "Subsystem sftp internal-sftp", "LogLevel ERROR",
+             "PermitRootLogin prohibit-password", "Subsystem sftp internal-sftp", f"LogLevel {log_level}",
              "ClientAliveInterval 0"]
     if chroot is not None:
         lines.append(f"ChrootDirectory {chroot}")

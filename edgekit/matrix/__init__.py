@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -298,41 +299,50 @@ def _from_artifact(a: Artifact) -> MatrixRow:
 
 def _time(row: MatrixRow, out_dir: Path, feed: dict[str, np.ndarray], s: BenchSettings) -> None:
     """Time one artifact with the harness (on this machine, or on the device ``s.on``) and fill the row
-    (a failed run is a failed row); ``bench_window`` records when, so overlaps can be checked."""
+    (a failed run is a failed row); ``bench_window`` records when, so overlaps can be checked. On a
+    device one SSH connection serves the timing and the parity check."""
     import time
 
     from edgekit.harness import benchmark
 
+    path = out_dir / Path(row.artifact or "").name
     started = time.time()
-    r = benchmark(out_dir / Path(row.artifact or "").name, device=s.device, runtime=s.runtime,
-                  threads=s.threads, inputs=feed, batch=s.batch, dims=s.dims, warmup=s.warmup,
-                  runs=s.runs, min_time=s.min_time, isolated=s.isolated, timeout=s.timeout,
-                  **({"on": s.on} if s.on else {}))
-    row.bench_window = [round(started, 3), round(time.time(), 3)]
-    row.runtime, row.device, row.mode, row.measured_at = r.runtime, r.device, r.mode, now()
-    if r.status is not BenchStatus.OK or r.latency is None:
-        row.status, row.reason, row.stage = (RowStatus(r.status) if r.status is not BenchStatus.OK else RowStatus.FAILED,
-                                             r.reason, "bench")
-        return
-    lat = r.latency
-    row.status = RowStatus.DEGRADED if row.stage == DEGRADED_STAGE else RowStatus.OK
-    row.p50_ms, row.p90_ms, row.p99_ms, row.mean_ms, row.std_ms = (
-        lat.p50_ms, lat.p90_ms, lat.p99_ms, lat.mean_ms, lat.std_ms)
-    row.first_ms, row.load_ms, row.runs = r.first_ms, r.load_ms, lat.runs
-    row.throughput, row.peak_rss_mb = r.throughput, r.peak_rss_mb
-    if s.on:
-        _device_parity(row, out_dir / Path(row.artifact or "").name, feed, s)
+    with _device(s.on) as device:
+        r = benchmark(path, device=s.device, runtime=s.runtime, threads=s.threads, inputs=feed, batch=s.batch,
+                      dims=s.dims, warmup=s.warmup, runs=s.runs, min_time=s.min_time, isolated=s.isolated,
+                      timeout=s.timeout, **({"on": device} if device is not None else {}))
+        row.bench_window = [round(started, 3), round(time.time(), 3)]
+        row.runtime, row.device, row.mode, row.measured_at = r.runtime, r.device, r.mode, now()
+        if r.status is not BenchStatus.OK or r.latency is None:
+            row.status, row.reason, row.stage = (RowStatus(r.status) if r.status is not BenchStatus.OK
+                                                 else RowStatus.FAILED, r.reason, "bench")
+            return
+        lat = r.latency
+        row.status = RowStatus.DEGRADED if row.stage == DEGRADED_STAGE else RowStatus.OK
+        row.p50_ms, row.p90_ms, row.p99_ms, row.mean_ms, row.std_ms = (
+            lat.p50_ms, lat.p90_ms, lat.p99_ms, lat.mean_ms, lat.std_ms)
+        row.first_ms, row.load_ms, row.runs = r.first_ms, r.load_ms, lat.runs
+        row.throughput, row.peak_rss_mb = r.throughput, r.peak_rss_mb
+        if device is not None:
+            _device_parity(row, path, feed, device, s)
 
 
-def _device_parity(row: MatrixRow, path: Path, feed: dict[str, np.ndarray], s: BenchSettings) -> None:
+def _device(on: str | None) -> AbstractContextManager[Any]:
+    """A connected :class:`edgekit.devices.Device` for ``on`` (closed on exit), or None here."""
+    if on is None:
+        return nullcontext(None)
+    from edgekit.devices import connect
+
+    return connect(on)
+
+
+def _device_parity(row: MatrixRow, path: Path, feed: dict[str, np.ndarray], device: Any, s: BenchSettings) -> None:
     """The device's outputs on the benchmark feed against this machine's: a runtime that computes
     wrong numbers on one platform only makes the row ``diverged``, with the figures."""
-    from edgekit.devices import connect
     from edgekit.devices.parity import device_parity
 
     try:
-        with connect(s.on or "") as device:
-            par = device_parity(device, path, [feed], runtime=s.runtime)
+        par = device_parity(device, path, [feed], runtime=s.runtime)
     except EdgekitError as e:
         row.device_parity = {"agree": None, "error": reason_of(e)}
         return
