@@ -79,9 +79,15 @@ class OrtModel(Model):
             "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
             "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[level]
         so.log_severity_level = 3
+        if "spinning" in self.options:  # ORT's pool threads spin after a run by default: fast alone,
+            # but on a few shared cores (a server's event loop, other processes) they take the CPU others need
+            from edgekit.options import coerce
+
+            spin = coerce(bool, self.options.pop("spinning"), "spinning")
+            so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         if self.options:
             raise ConfigError(f"unknown onnxruntime option(s) {sorted(self.options)}",
-                              fix="supported: optimization")
+                              fix="supported: optimization, spinning")
         providers = self._providers()
         try:
             self._session = ort.InferenceSession(str(self.path), sess_options=so, providers=providers)
