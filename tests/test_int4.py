@@ -47,7 +47,7 @@ def test_openvino_int4_adjusts_the_group_size_of_narrow_layers(tmp_path: Path) -
     pytest.importorskip("nncf")
     art = _convert(tmp_path, "openvino")
     conv = _conversion(art)
-    assert art.status == "ok" and conv["group_fallback"] == "adjust"
+    assert art.status == "ok" and conv["group_fallback"] == "adjust" and conv["mode"] == "int4_asym"
     # 96 -> groups of 32 (the largest power of two dividing it), 64 -> one group of 64
     assert conv["group_sizes"] == {"32": 1, "64": 1}
     weights = {"a": 96 * 64, "b": 64 * 128, "head": 128 * 10}

@@ -130,9 +130,10 @@ def test_encoder_sizes_and_weight_types(ov_encoder: tuple) -> None:
     assert conv["fp32"]["weight_types"] == {} and conv["fp16"]["weight_types"].get("f16", 0) >= 9
     assert conv["int8"]["ops"]["FakeQuantize"] >= 8 and conv["int8"]["weight_types"]["i8"] >= 9
     assert "FakeQuantize" not in conv["int8-weights"]["ops"] and conv["int8-weights"]["weight_types"]["u8"] >= 9
-    # int4_sym: the 8 encoder MatMuls in 4 bit; embeddings and the head kept at 8 bit (asymmetric)
-    assert conv["int4"]["weight_types"]["i4"] == 8 and conv["int4"]["weight_types"]["u8"] == 2
-    assert conv["int4"]["group_size"] == 128 and conv["int4"]["mode"] == "int4_sym"
+    # int4_asym: the 8 encoder MatMuls in unsigned 4 bit with zero points; embeddings and the head at 8 bit
+    assert conv["int4"]["weight_types"]["u4"] == 8 and conv["int4"]["weight_types"]["u8"] == 2
+    assert conv["int4"]["group_size"] == 128 and conv["int4"]["mode"] == "int4_asym"
+    assert conv["int4"]["group_sizes"] == {"128": 8}  # no layer needed a smaller group
     assert conv["int8"]["calibration"] == {"samples": 32, "data": "calib.npz"}
     # preset=auto: mixed (asymmetric activations) for transformers; this encoder has no text task
     assert conv["int8"]["preset"] == ("mixed" if conv["int8"]["model_type"] == "transformer" else "performance")
