@@ -90,6 +90,8 @@ def test_greedy_completion_streamed_equals_non_streamed_and_model_generate(clien
     assert full.choices[0].text == want and want
     assert full.usage.prompt_tokens == prompt_tokens
     assert 0 < full.usage.completion_tokens <= 12
+    # the engine's own count: exactly max_tokens when it stopped for length (not the text re-tokenized)
+    assert (full.usage.completion_tokens == 12) == (full.choices[0].finish_reason == "length")
     chunks = list(client.completions.create(model="lm-fp16", prompt=PROMPT, max_tokens=12, temperature=0,
                                             stream=True, stream_options={"include_usage": True}))
     assert "".join(c.choices[0].text for c in chunks if c.choices) == want
@@ -111,16 +113,73 @@ def test_greedy_chat_streamed_equals_non_streamed_and_model_chat(client: Any, lm
 
 
 def test_four_concurrent_streams_all_get_their_own_answer(client: Any, lm: Path) -> None:
+    """Streamed and non-streamed requests at once (decoded together by the server's 4 slots) give
+    what each prompt gives alone."""
     prompts = ["The council", "A small team", "Researchers", "Farmers planted"]
     with edgekit.load(lm) as m:
-        want = [m.generate(p, max_tokens=8, temperature=0.0) for p in prompts]
+        want = [m.generate(p, max_tokens=32, temperature=0.0) for p in prompts]
 
-    def stream(prompt: str) -> str:
-        chunks = client.completions.create(model="lm-fp16", prompt=prompt, max_tokens=8, temperature=0, stream=True)
+    def ask(job: tuple[str, bool]) -> str:
+        prompt, streamed = job
+        if not streamed:
+            return client.completions.create(model="lm-fp16", prompt=prompt, max_tokens=32, temperature=0).choices[0].text
+        chunks = client.completions.create(model="lm-fp16", prompt=prompt, max_tokens=32, temperature=0, stream=True)
         return "".join(c.choices[0].text for c in chunks)
 
-    with ThreadPoolExecutor(4) as pool:
-        assert list(pool.map(stream, prompts * 2)) == want * 2
+    jobs = [(p, True) for p in prompts] + [(p, False) for p in prompts]
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(ask, jobs)) == want * 2
+
+
+def test_sequences_decoded_together_give_the_text_each_gives_alone(lm: Path) -> None:
+    """Continuous batching: 4 prompts admitted at the same step of one context (parallel=4) give the
+    greedy text each gives alone in a one-sequence context, with exact token counts."""
+    prompts = ["The council", "A small team", "Researchers found", "Farmers planted"]
+    with edgekit.load(lm, threads=1) as m:
+        alone = [m.generate(p, max_tokens=24, temperature=0.0) for p in prompts]
+    with edgekit.load(lm, threads=1, parallel=4) as m:
+        assert m.describe()["parallel"] == 4
+        got: list[list[str]] = [[] for _ in prompts]
+        with m._engine.exclusive():  # nothing is admitted until all four wait: they start together
+            requests = [m.start_generation(prompt=p, max_tokens=24, temperature=0.0, on_piece=got[i].append)
+                        for i, p in enumerate(prompts)]
+        assert all(r.done.wait(TIMEOUT) for r in requests)
+        assert m._engine.peak == 4 and m._engine.busy == 0
+        assert ["".join(g) for g in got] == alone
+        for r in requests:
+            assert r.error is None and (r.finish_reason == "length") == (r.completion_tokens == 24)
+            assert r.prompt_tokens == len(m.tokenize(prompts[requests.index(r)]))
+        with ThreadPoolExecutor(4) as pool:  # the library's own calls from threads are batched too
+            streamed = list(pool.map(lambda p: "".join(m.generate(p, max_tokens=24, temperature=0.0, stream=True)),
+                                     prompts))
+        assert streamed == alone
+
+
+def test_a_cancelled_sequence_frees_its_slot_and_logits_wait_for_the_engine(lm: Path) -> None:
+    with edgekit.load(lm, threads=1, parallel=2) as m:
+        first = m.logits(m.tokenize(PROMPT))
+        started = __import__("threading").Event()
+        r = m.start_generation(prompt=PROMPT, max_tokens=200, temperature=0.0, on_piece=lambda _: started.set())
+        assert started.wait(TIMEOUT)
+        r.cancel()
+        assert r.done.wait(TIMEOUT) and r.finish_reason is None and r.completion_tokens < 200
+        np.testing.assert_array_equal(m.logits(m.tokenize(PROMPT)), first)  # an empty cache again
+        assert m.generate(PROMPT, max_tokens=6, temperature=0.0) == m.generate(PROMPT, max_tokens=6, temperature=0.0)
+
+
+def test_stop_strings_are_found_across_pieces_and_utf8_is_decoded_whole() -> None:
+    from edgekit.runtimes.llamacpp.engine import StopText
+
+    t = StopText(["END", "\n\n"])
+    assert t.push(b"Hello E") == ("Hello ", False)  # "E" may start END: held back
+    assert t.push(b"N") == ("", False)
+    assert t.push(b"D and more") == ("", True)
+    held = StopText(["xyz"])
+    assert held.push(b"abx") == ("ab", False) and held.push(b"q") == ("xq", False)
+    assert held.push(b"xy", final=True) == ("xy", False)  # the end: nothing more to wait for
+    e = "\u00e9".encode()
+    plain = StopText([])
+    assert plain.push(e[:1]) == ("", False) and plain.push(e[1:] + b"!") == ("\u00e9!", False)
 
 
 def test_a_client_killed_mid_stream_leaves_the_server_healthy(client: Any, server: ThreadServer) -> None:
@@ -156,7 +215,7 @@ def test_generation_errors_are_openai_style_4xx(client: Any, server: ThreadServe
 
 
 def test_generation_overload_is_503_with_retry_after(lm: Path) -> None:
-    srv = ThreadServer([lm], threads=1, queue_size=1)
+    srv = ThreadServer([lm], threads=1, queue_size=1, load_options={"llamacpp.parallel": 1})  # one slot
     try:
         body = {"model": "lm-fp16", "prompt": PROMPT, "max_tokens": 48, "temperature": 0, "stream": True}
         with ThreadPoolExecutor(8) as pool:

@@ -1,8 +1,12 @@
-"""GGUF generation behind the server: the model's own ``generate``/``chat`` run in its thread,
-their pieces handed to the event loop as they come, with token counts for usage and metrics.
+"""GGUF generation behind the server: a request is handed to the model's generation engine
+(continuous batching: the sequences in flight are decoded together, see
+:mod:`edgekit.runtimes.llamacpp.engine`), its pieces come back to the event loop as they are made.
 
-A client that goes away stops the generation at the next piece (the model's iterator is closed),
-so a killed stream frees the model for the next request.
+The model's queue still admits requests: the model's thread waits until the engine has a free
+slot for the request, so requests beyond the slots wait in that bounded queue (503 when full).
+Pieces cross from the engine's thread in bursts: one event-loop wake-up for however many pieces
+arrived meanwhile, not one per piece. A client that goes away cancels its sequence at the next
+step, which frees its slot.
 """
 
 from __future__ import annotations
@@ -10,19 +14,21 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from edgekit.runtimes.llamacpp.engine import Request
     from edgekit.serve.served import ServedModel
 
-_END = object()
+# start(on_piece, on_done) -> the engine's request (raises at once for a bad prompt)
+Start = Callable[[Callable[[str], None], Callable[[Any], None]], "Request"]
 
 
 @dataclass
 class Generation:
-    """One request's generation: pieces so far, counts and times (filled as it runs)."""
+    """One request's generation: pieces so far, exact token counts and times (filled as it runs)."""
 
     max_tokens: int
     pieces: list[str] = field(default_factory=list)
@@ -31,71 +37,98 @@ class Generation:
     finished: float | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    finish_reason: str = "stop"
 
     @property
     def text(self) -> str:
         return "".join(self.pieces)
-
-    @property
-    def finish_reason(self) -> str:
-        return "length" if max(self.completion_tokens, len(self.pieces)) >= self.max_tokens else "stop"
 
     def usage(self) -> dict[str, int]:
         return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
                 "total_tokens": self.prompt_tokens + self.completion_tokens}
 
 
-def prompt_tokens(model: Any, prompt: str | None, messages: list[dict[str, str]] | None) -> int:
-    """Tokens of the prompt as llama.cpp sees it: the text, or the messages rendered with the
-    file's chat template by llama-cpp-python's own formatter."""
-    if prompt is not None:
-        return len(model.tokenize(prompt))
-    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+class _Channel:
+    """Pieces from the engine's thread to the event loop, a wake-up only when the loop is not
+    already due to look."""
 
-    header = model.header.metadata
-    special = [header.get("tokenizer.ggml.bos_token_id"), header.get("tokenizer.ggml.eos_token_id")]
-    bos, eos = (model.detokenize([int(t)], special=True) if t is not None else "" for t in special)
-    rendered = Jinja2ChatFormatter(template=model.chat_template, eos_token=eos, bos_token=bos)(messages=messages)
-    return len(model.tokenize(rendered.prompt, add_special=True))
+    def __init__(self, loop: asyncio.AbstractEventLoop, gen: Generation) -> None:
+        self.loop, self.gen = loop, gen
+        self.ready = asyncio.Event()
+        self._lock = threading.Lock()
+        self._pieces: list[str] = []
+        self._woken = False
+        self.done: Any = None  # the finished request
+
+    def _wake(self) -> None:  # with the lock held
+        if not self._woken:
+            self._woken = True
+            self.loop.call_soon_threadsafe(self.ready.set)
+
+    def piece(self, text: str) -> None:
+        with self._lock:
+            if self.gen.first_piece is None:
+                self.gen.first_piece = time.perf_counter()
+            self._pieces.append(text)
+            self._wake()
+
+    def end(self, request: Any) -> None:
+        with self._lock:
+            self.gen.finished = time.perf_counter()
+            self.done = request
+            self._wake()
+
+    def take(self) -> tuple[list[str], Any]:
+        self.ready.clear()
+        with self._lock:
+            pieces, self._pieces, self._woken = self._pieces, [], False
+            return pieces, self.done
 
 
-async def stream(served: ServedModel, gen: Generation, start: Callable[[], Iterator[str]],
-                 count: Callable[[Generation], None], timeout_s: float | None) -> AsyncIterator[str]:
-    """Run ``start()``'s pieces in the model's thread and yield them here. The first ``await``
-    raises at once when the model's queue is full (before any byte of a response is sent)."""
+async def stream(served: ServedModel, gen: Generation, start: Start, count: Callable[[Generation], None],
+                 timeout_s: float | None) -> AsyncIterator[list[str]]:
+    """The pieces of one generation, in bursts. The first ``await`` raises at once when the
+    model's queue is full or the request is bad (before any byte of a response is sent); a
+    generation running past ``timeout_s`` is cancelled and raises the queue's timeout error."""
     loop = asyncio.get_running_loop()
-    pieces: asyncio.Queue = asyncio.Queue()
-    stop = threading.Event()
+    channel = _Channel(loop, gen)
+    deadline = None if timeout_s is None else loop.time() + timeout_s
 
-    def work() -> None:
+    started: list[Request] = []
+
+    def submit() -> Request:  # in the model's thread: wait there for a slot
         gen.started = time.perf_counter()
-        it = start()
-        try:
-            for piece in it:
-                if stop.is_set():
-                    break
-                if gen.first_piece is None:
-                    gen.first_piece = time.perf_counter()
-                gen.pieces.append(piece)
-                loop.call_soon_threadsafe(pieces.put_nowait, piece)
-        finally:
-            getattr(it, "close", lambda: None)()
-            gen.finished = time.perf_counter()
-            if not stop.is_set():
-                count(gen)
-            loop.call_soon_threadsafe(pieces.put_nowait, _END)
+        started.append(start(channel.piece, channel.end))
+        started[0].admitted.wait()
+        return started[0]
 
-    job = asyncio.ensure_future(served.call(work, timeout_s))
-    # a job refused or timed out before ``work`` ran ends the stream too (its error raised below)
-    job.add_done_callback(lambda _: pieces.put_nowait(_END))
+    try:
+        request, _ = await served.call(submit, timeout_s)
+    except BaseException:
+        for r in started:  # refused, timed out or the client gone while it waited for a slot
+            r.cancel()
+        raise
+    timer = loop.call_at(deadline, channel.ready.set) if deadline is not None else None
     try:
         while True:
-            item = await pieces.get()  # one await per piece: no task per piece
-            if item is _END:
-                await job  # a generation that failed, or never ran, raises its error here
-                return
-            yield item
+            await channel.ready.wait()
+            pieces, done = channel.take()
+            if pieces:
+                gen.pieces += pieces
+                yield pieces
+            if done is not None:
+                break
+            if deadline is not None and loop.time() >= deadline:
+                from edgekit.serve.batching import RequestTimeout
+
+                raise RequestTimeout(f"the generation for {served.name!r} took more than {timeout_s:g} s",
+                                     fix="ask for fewer tokens, or start the server with a larger --request-timeout")
+        if done.error is not None:
+            raise done.error
+        gen.prompt_tokens, gen.completion_tokens = done.prompt_tokens, done.completion_tokens
+        gen.finish_reason = done.finish_reason or "stop"
+        count(gen)
     finally:
-        stop.set()
-        if not job.done():
-            job.cancel()
+        if timer is not None:
+            timer.cancel()
+        request.cancel()  # a client gone or a timeout: the slot is freed at the engine's next step

@@ -17,7 +17,7 @@ import numpy as np
 from starlette.responses import StreamingResponse
 
 from edgekit.serve.app import guarded, state_of
-from edgekit.serve.llm import Generation, prompt_tokens, stream
+from edgekit.serve.llm import Generation, stream
 from edgekit.serve.responses import HTTPError, json_response, read_json
 
 if TYPE_CHECKING:
@@ -169,14 +169,11 @@ async def _answer(request: Request, state: ServerState, body: dict[str, Any], ch
     options = _sampling(body, state, 16 if not chat else state.config.max_tokens_limit)
     model, gen = served.model, Generation(options["max_tokens"])
 
-    def start() -> Any:
-        gen.prompt_tokens = prompt_tokens(model, prompt, messages)
-        if chat:
-            return model.chat(messages, stream=True, **options)
-        return model.generate(prompt, stream=True, **options)
+    def start(on_piece: Any, on_done: Any) -> Any:
+        return model.start_generation(prompt=prompt, messages=messages, on_piece=on_piece, on_done=on_done,
+                                      **options)
 
     def count(g: Generation) -> None:
-        g.completion_tokens = len(model.tokenize(g.text, add_special=False)) if g.pieces else 0
         state.metrics.observe_tokens(served.name, g.prompt_tokens, g.completion_tokens,
                                      (g.finished or 0) - (g.first_piece or g.started))
         state.metrics.observe_stages(served.name, {"inference_ms": ((g.finished or 0) - g.started) * 1000.0})
@@ -193,10 +190,10 @@ async def _answer(request: Request, state: ServerState, body: dict[str, Any], ch
     return json_response(_final(gen, served.name, ident, chat))
 
 
-async def _first(pieces: AsyncIterator[str]) -> list[str]:
-    """The first piece (or none); a refused or failed generation raises here, its stream closed."""
+async def _first(pieces: AsyncIterator[list[str]]) -> list[str]:
+    """The first burst of pieces (or none); a refused or failed generation raises here, its stream closed."""
     try:
-        return [await pieces.__anext__()]
+        return await pieces.__anext__()
     except StopAsyncIteration:
         return []
     except BaseException:
@@ -204,7 +201,7 @@ async def _first(pieces: AsyncIterator[str]) -> list[str]:
         raise
 
 
-def _chunk(name: str, ident: str, chat: bool, text: str | None, finish: str | None,
+def _chunk(name: str, ident: str, chat: bool, text: str | None, finish: str | None, created: int,
            role: bool = False) -> dict[str, Any]:
     if chat:
         delta: dict[str, Any] = {"role": "assistant"} if role else {}
@@ -214,28 +211,38 @@ def _chunk(name: str, ident: str, chat: bool, text: str | None, finish: str | No
     else:
         choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
     return {"id": ident, "object": "chat.completion.chunk" if chat else "text_completion",
-            "created": int(time.time()), "model": name, "choices": [choice]}
+            "created": created, "model": name, "choices": [choice]}
 
 
-async def _events(pieces: AsyncIterator[str], first: list[str], gen: Generation, name: str, ident: str,
+def _event(data: Any) -> bytes:
+    return b"data: " + json.dumps(data).encode() + b"\n\n"
+
+
+async def _events(pieces: AsyncIterator[list[str]], first: list[str], gen: Generation, name: str, ident: str,
                   chat: bool, include_usage: bool) -> AsyncIterator[bytes]:
-    def event(data: Any) -> bytes:
-        return b"data: " + json.dumps(data).encode() + b"\n\n"
+    """One event per piece; the pieces of a burst written together."""
+    created = int(time.time())
+    # every piece's event is the same JSON but for its text: built once, the text spliced in
+    head, _, tail = json.dumps(_chunk(name, ident, chat, "\x00", None, created)).partition(json.dumps("\x00"))
+    head, tail = "data: " + head, tail + "\n\n"
+
+    def burst(texts: list[str]) -> bytes:
+        return "".join(head + json.dumps(t) + tail for t in texts).encode()
 
     try:
         if chat:
-            yield event(_chunk(name, ident, chat, "", None, role=True))
-        for piece in first:
-            yield event(_chunk(name, ident, chat, piece, None))
-        async for piece in pieces:
-            yield event(_chunk(name, ident, chat, piece, None))
+            yield _event(_chunk(name, ident, chat, "", None, created, role=True))
+        if first:
+            yield burst(first)
+        async for texts in pieces:
+            yield burst(texts)
     finally:
         await pieces.aclose()  # type: ignore[attr-defined]  # a client gone: stop generating now
-    yield event(_chunk(name, ident, chat, None, gen.finish_reason))
+    yield _event(_chunk(name, ident, chat, None, gen.finish_reason, created))
     if include_usage:
-        last = _chunk(name, ident, chat, None, None)
+        last = _chunk(name, ident, chat, None, None, created)
         last["choices"], last["usage"] = [], gen.usage()
-        yield event(last)
+        yield _event(last)
     yield b"data: [DONE]\n\n"
 
 

@@ -183,7 +183,7 @@ def load_served(entry: Entry, config: ServeConfig, metrics: Metrics) -> ServedMo
     from edgekit.runtime import load, runtime_for
 
     runtime = runtime_for(entry.ref.format).name
-    options = {}
+    options = dict(getattr(runtime_for(entry.ref.format), "serve_options", {}))  # e.g. llama.cpp: 4 sequences at once
     for key, value in config.load_options.items():  # "n_ctx": every model; "llamacpp.n_ctx": one runtime's
         scope, dot, name = key.partition(".")
         if not dot:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from types import ModuleType
 from typing import Any
@@ -29,6 +29,7 @@ import numpy as np
 from edgekit.errors import ArtifactError, ConfigError, DeviceUnavailableError, InputError, RuntimeFailure
 from edgekit.runtime import Model
 from edgekit.runtimes import RUNTIMES
+from edgekit.runtimes.llamacpp.engine import Engine, Request, Sampling
 from edgekit.runtimes.llamacpp.log import LlamaLog, llama_cpp_module
 from edgekit.types import Device, Format, Signature, TensorSpec
 
@@ -48,6 +49,7 @@ class LlamaCppOptions:
     probe: bool = True  # load the file in a child process first (llama.cpp can abort on bad files)
     flash_attn: bool = False
     kv_cache: str = "f16"  # K/V cache type: f16 (llama.cpp's default), bf16, or f32 for exact parity
+    parallel: int = 1  # sequences generated at once (continuous batching); the K/V cache holds n_ctx for each
 
     def __post_init__(self) -> None:
         if self.kv_cache not in KV_TYPES:
@@ -56,6 +58,9 @@ class LlamaCppOptions:
             raise ConfigError(f"n_ctx must be at least 8, got {self.n_ctx}", fix="pass e.g. n_ctx=2048")
         if self.n_batch < 1:
             raise ConfigError(f"n_batch must be at least 1, got {self.n_batch}", fix="pass e.g. n_batch=512")
+        if not 1 <= self.parallel <= min(self.n_batch, 64):
+            raise ConfigError(f"parallel must be from 1 to {min(self.n_batch, 64)}, got {self.parallel}",
+                              fix="pass e.g. parallel=4 (each sequence needs n_ctx of K/V cache)")
 
 
 @dataclass(frozen=True)
@@ -83,6 +88,7 @@ class TokenBench:
 
 
 CTX_PAD = 256  # llama.cpp rounds a context up to a multiple of this
+WRAPPER_BATCH = 8  # llama-cpp-python's own context is only used to hold the model: kept small
 
 # llama.cpp's own device names (what ``devices()`` lists) -> the kind of device they are
 NATIVE_DEVICES: dict[str, Device] = {"cpu": Device.CPU, "gpu-offload": Device.GPU}
@@ -96,6 +102,7 @@ class LlamaCppModel(Model):
     formats = (Format.GGUF,)
     module = "llama_cpp"
     extra = "llamacpp"
+    serve_options: dict[str, Any] = {"parallel": 4}  # what `edgekit serve` loads with unless -O says otherwise
 
     @classmethod
     def devices(cls) -> dict[Device, list[str]]:
@@ -132,14 +139,12 @@ class LlamaCppModel(Model):
             probe(self.path)
         train_ctx = int(self.header.get("{arch}.context_length") or DEFAULT_CTX)
         n_ctx = opts.n_ctx or min(train_ctx, DEFAULT_CTX)
-        # llama.cpp pads the context to a multiple of CTX_PAD, but llama-cpp-python sizes its token
-        # buffer by the number given: generating past that number failed with a numpy broadcast error
-        n_ctx = -(-n_ctx // CTX_PAD) * CTX_PAD
+        n_ctx = -(-n_ctx // CTX_PAD) * CTX_PAD  # llama.cpp pads a context to a multiple of CTX_PAD
         mark = LlamaLog.mark()
         t0 = time.perf_counter()
-        try:
+        try:  # the wrapper's own context stays tiny: generation and logits use the one made below
             self._llm = llama_cpp.Llama(
-                str(self.path), n_ctx=n_ctx, n_batch=min(opts.n_batch, n_ctx), n_ubatch=min(opts.n_batch, n_ctx),
+                str(self.path), n_ctx=CTX_PAD, n_batch=WRAPPER_BATCH, n_ubatch=WRAPPER_BATCH,
                 n_threads=self.threads, n_threads_batch=self.threads, n_gpu_layers=gpu_layers,
                 seed=opts.seed, flash_attn=opts.flash_attn, type_k=KV_TYPES[opts.kv_cache],
                 type_v=KV_TYPES[opts.kv_cache], verbose=False)
@@ -147,18 +152,35 @@ class LlamaCppModel(Model):
             reason = LlamaLog.last_error(mark) or str(e)
             raise ArtifactError(f"llama.cpp cannot load {self.path.name}: {reason}",
                                 fix="re-convert the model with `edgekit convert ... --to gguf`") from e
-        self.load_ms = (time.perf_counter() - t0) * 1000
         self._llama_cpp = llama_cpp
-        self._ctx = self._llm.ctx
-        self.n_ctx = min(self._llm.n_ctx(), len(self._llm.input_ids))  # what generate() can fill
+        self._ctx = self._context(llama_cpp, n_ctx, opts, mark)
+        self.load_ms = (time.perf_counter() - t0) * 1000
+        self.n_ctx = int(llama_cpp.llama_n_ctx_seq(self._ctx))  # what one sequence can fill
         self.n_vocab = self._llm.n_vocab()
         self.n_batch = int(llama_cpp.llama_n_batch(self._ctx))  # what llama.cpp took (it may round n_ctx up)
         self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
+        self._vocab = llama_cpp.llama_model_get_vocab(self._llm.model)
+        self._engine = Engine(llama_cpp, self._ctx, self._vocab, self._batch, slots=opts.parallel,
+                              n_batch=self.n_batch, n_ctx=self.n_ctx, decode_error=self._decode_error)
         self._gpu_layers_used = gpu_layers
         ids = TensorSpec("input_ids", "int64", ("batch", "sequence"))
         mask = TensorSpec("attention_mask", "int64", ("batch", "sequence"))
         logits = TensorSpec("logits", "float32", ("batch", "sequence", self.n_vocab))
         return Signature((ids, mask), (logits,))
+
+    def _context(self, llama_cpp: ModuleType, n_ctx: int, opts: LlamaCppOptions, mark: int) -> Any:
+        """The context everything runs in: ``opts.parallel`` sequences, each with its own K/V stream
+        of ``n_ctx`` cells (split, not unified: a sequence computes as it would alone)."""
+        params = type(self._llm.context_params).from_buffer_copy(self._llm.context_params)
+        params.n_ctx, params.n_seq_max, params.kv_unified = n_ctx * opts.parallel, opts.parallel, False
+        params.n_batch = params.n_ubatch = min(opts.n_batch, n_ctx)
+        ctx = llama_cpp.llama_init_from_model(self._llm.model, params)
+        if not ctx:
+            self._llm.close()
+            raise ArtifactError(f"llama.cpp cannot make a context for {self.path.name}: "
+                                f"{LlamaLog.last_error(mark) or 'no reason logged'}",
+                                fix="load with a smaller n_ctx or parallel (each sequence needs n_ctx of K/V cache)")
+        return ctx
 
     def _gpu_layers(self, llama_cpp: ModuleType, opts: LlamaCppOptions) -> int:
         device = self.request.kind
@@ -181,11 +203,14 @@ class LlamaCppModel(Model):
     def _close(self) -> None:
         llm, self._llm = getattr(self, "_llm", None), None
         if llm is not None:
+            self._engine.close()
+            self._llama_cpp.llama_free(self._ctx)
             self._llama_cpp.llama_batch_free(self._batch)
             llm.close()
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "n_ctx": self.n_ctx, "n_batch": self.n_batch, "kv_cache": self._opts.kv_cache,
+                "parallel": self._opts.parallel,
                 "n_gpu_layers": self._gpu_layers_used, "architecture": self.header.architecture,
                 "tensor_types": self.header.tensor_types(), "llama_cpp_python": self.version()}
 
@@ -225,7 +250,7 @@ class LlamaCppModel(Model):
         ids = np.asarray(tokens, dtype=np.int64).reshape(-1)
         self._check_tokens(ids)
         out = np.empty((ids.size, self.n_vocab), dtype=np.float32)
-        with self._turns:  # one llama.cpp context: calls from several threads take turns
+        with self._turns, self._engine.exclusive():  # one llama.cpp context: calls take turns
             self._clear()
             try:
                 for start in range(0, ids.size, self.n_batch):
@@ -249,10 +274,9 @@ class LlamaCppModel(Model):
                              fix="tokenize with this model's tokenizer (m.tokenize(text))")
 
     def _clear(self) -> None:
-        """An empty KV cache, and the high-level wrapper told so (it re-evaluates its prompt)."""
+        """An empty KV cache (every sequence's)."""
         mem = self._llama_cpp.llama_get_memory(self._ctx)
         self._llama_cpp.llama_memory_clear(mem, True)
-        self._llm.reset()
 
     def _decode(self, tokens: np.ndarray, pos0: int, *, all_logits: bool) -> None:
         b, n = self._batch, int(tokens.size)
@@ -269,9 +293,13 @@ class LlamaCppModel(Model):
         mark = LlamaLog.mark()
         rc = self._llama_cpp.llama_decode(self._ctx, b)
         if rc != 0:
-            raise RuntimeFailure(f"llama.cpp failed to decode {n} tokens (code {rc}): "
-                                 f"{LlamaLog.last_error(mark) or 'no reason logged'}",
-                                 fix="check the context size (n_ctx) and the token ids")
+            raise self._decode_error(rc, n, mark)
+
+    @staticmethod
+    def _decode_error(rc: int, n: int, mark: int | None = None) -> RuntimeFailure:
+        reason = LlamaLog.last_error(mark) if mark is not None else None
+        return RuntimeFailure(f"llama.cpp failed to decode {n} tokens (code {rc}): {reason or 'no reason logged'}",
+                              fix="check the context size (n_ctx) and the token ids")
 
     # -- text ----------------------------------------------------------------------------------
     def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
@@ -302,42 +330,59 @@ class LlamaCppModel(Model):
                  top_k: int = 40, stop: str | Sequence[str] | None = None, seed: int | None = None,
                  stream: bool = False) -> str | Iterator[str]:
         """Continue ``prompt``: the text, or with ``stream=True`` an iterator of text pieces.
-        ``temperature=0`` decodes greedily; generation ends at ``max_tokens``, a stop string or
-        the model's end-of-generation token."""
-        self._check_request([prompt], max_tokens)
-        n = len(self.tokenize(prompt))
-        if n >= self.n_ctx:
-            raise _too_long(n, self.n_ctx)
-        chunks = self._llm.create_completion(prompt, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
-                                             top_k=top_k, stop=_stops(stop), seed=self._seed(seed), stream=True)
-        pieces = (c["choices"][0]["text"] for c in _context_checked(chunks))
-        if stream:  # (a stream is consumed by one thread; a server runs one generation at a time)
-            return pieces
-        with self._turns:
-            return "".join(pieces)
+        ``temperature=0`` decodes greedily; generation ends at ``max_tokens``, a stop string, the
+        model's end-of-generation token or the end of the context. Calls from several threads are
+        decoded together (load with ``parallel=N`` to run N at once)."""
+        pieces = _Pieces()
+        request = self.start_generation(prompt=prompt, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
+                                        top_k=top_k, stop=stop, seed=seed, on_piece=pieces.put, on_done=pieces.end)
+        return pieces.iterate(request) if stream else "".join(pieces.iterate(request))
 
     def chat(self, messages: Sequence[Mapping[str, str]], max_tokens: int = 256, *, temperature: float = 0.8,
              top_p: float = 0.95, top_k: int = 40, stop: str | Sequence[str] | None = None,
              seed: int | None = None, stream: bool = False) -> str | Iterator[str]:
         """Answer ``messages`` ([{"role": "user", "content": ...}]) formatted with the file's chat
         template: the reply, or with ``stream=True`` an iterator of its pieces."""
-        contents = [str(m.get("content", "")) for m in messages if isinstance(m, Mapping)]
-        self._check_request(contents, max_tokens)
-        n = sum(len(self.tokenize(c, add_special=False)) for c in contents)  # the template adds more
-        if n >= self.n_ctx:
-            raise _too_long(n, self.n_ctx)
+        pieces = _Pieces()
+        request = self.start_generation(messages=messages, max_tokens=max_tokens, temperature=temperature,
+                                        top_p=top_p, top_k=top_k, stop=stop, seed=seed, on_piece=pieces.put,
+                                        on_done=pieces.end)
+        return pieces.iterate(request) if stream else "".join(pieces.iterate(request))
+
+    def start_generation(self, *, prompt: str | None = None, messages: Sequence[Mapping[str, str]] | None = None,
+                         max_tokens: int = 128, temperature: float = 0.8, top_p: float = 0.95, top_k: int = 40,
+                         stop: str | Sequence[str] | None = None, seed: int | None = None,
+                         on_piece: Callable[[str], None],
+                         on_done: Callable[[Request], None] = lambda request: None) -> Request:
+        """Queue one generation (``prompt`` continued, or ``messages`` answered) and return at once.
+        ``on_piece(text)`` and ``on_done(request)`` are called from the generating thread;
+        ``request.cancel()`` stops it; ``request`` holds the exact token counts and finish reason."""
+        texts = [prompt] if messages is None else [str(m.get("content", "")) for m in messages]
+        self._check_request([t for t in texts if t is not None], max_tokens)
+        tokens, stops = (self.tokenize(prompt or ""), []) if messages is None else self._chat_prompt(messages)
+        if len(tokens) >= self.n_ctx:
+            raise _too_long(len(tokens), self.n_ctx)
+        return self._engine.submit(Request(tokens, max_tokens, Sampling(temperature, top_p, top_k, self._seed(seed)),
+                                           [*_stops(stop), *stops], on_piece, on_done))
+
+    def _chat_prompt(self, messages: Sequence[Mapping[str, str]]) -> tuple[list[int], list[str]]:
+        """Token ids of ``messages`` rendered with the file's template by llama-cpp-python's own
+        formatter, and the stop strings it gives (the end-of-sequence token's text)."""
         if self.chat_template is None:
             raise ConfigError(f"{self.path.name} has no chat template",
                               fix="use generate() with your own prompt format, or convert a model whose "
                               "tokenizer_config.json has a chat_template")
-        chunks = self._llm.create_chat_completion(messages=[dict(m) for m in messages], max_tokens=max_tokens,
-                                                  temperature=temperature, top_p=top_p, top_k=top_k,
-                                                  stop=_stops(stop), seed=self._seed(seed), stream=True)
-        pieces = (c["choices"][0]["delta"].get("content") or "" for c in _context_checked(chunks))
-        if stream:  # (a stream is consumed by one thread; a server runs one generation at a time)
-            return pieces
-        with self._turns:
-            return "".join(pieces)
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        meta = self.header.metadata
+        bos, eos = (meta.get(f"tokenizer.ggml.{k}_token_id") for k in ("bos", "eos"))
+        text = {k: self.detokenize([int(t)], special=True) if t is not None else "" for k, t in (("bos", bos), ("eos", eos))}
+        fmt = Jinja2ChatFormatter(template=self.chat_template, eos_token=text["eos"], bos_token=text["bos"])
+        rendered = fmt(messages=[dict(m) for m in messages])
+        tokens = list(self._llm.tokenize(rendered.prompt.encode("utf-8"), add_bos=not rendered.added_special,
+                                         special=True))
+        stops = rendered.stop if isinstance(rendered.stop, list) else [rendered.stop] if rendered.stop else []
+        return tokens, [s for s in stops if isinstance(s, str)]
 
     def _seed(self, seed: int | None) -> int:
         return self._opts.seed if seed is None else seed
@@ -371,23 +416,24 @@ class LlamaCppModel(Model):
                               fix=f"load with n_ctx={max(n_prompt, n_gen)} or more")
         rng = np.random.default_rng(seed)
         pp, tg = [], []
-        for i in range(warmup + repeats):
-            prompt = rng.integers(0, self.n_vocab, size=n_prompt)
+        with self._engine.exclusive():
+            for i in range(warmup + repeats):
+                prompt = rng.integers(0, self.n_vocab, size=n_prompt)
+                self._clear()
+                t = time.perf_counter()
+                for start in range(0, n_prompt, self.n_batch):
+                    self._decode(prompt[start:start + self.n_batch], start, all_logits=False)
+                pp_s = time.perf_counter() - t
+                gen = rng.integers(0, self.n_vocab, size=n_gen)
+                self._clear()
+                t = time.perf_counter()
+                for j in range(n_gen):
+                    self._decode(gen[j:j + 1], j, all_logits=True)
+                tg_s = time.perf_counter() - t
+                if i >= warmup:
+                    pp.append(n_prompt / pp_s)
+                    tg.append(n_gen / tg_s)
             self._clear()
-            t = time.perf_counter()
-            for start in range(0, n_prompt, self.n_batch):
-                self._decode(prompt[start:start + self.n_batch], start, all_logits=False)
-            pp_s = time.perf_counter() - t
-            gen = rng.integers(0, self.n_vocab, size=n_gen)
-            self._clear()
-            t = time.perf_counter()
-            for j in range(n_gen):
-                self._decode(gen[j:j + 1], j, all_logits=True)
-            tg_s = time.perf_counter() - t
-            if i >= warmup:
-                pp.append(n_prompt / pp_s)
-                tg.append(n_gen / tg_s)
-        self._clear()
         m = self.manifest
         return TokenBench(
             artifact=str(self.path), precision=m.precision.value if m else None, device=self.device,
@@ -402,24 +448,30 @@ def _too_long(n: int, n_ctx: int) -> InputError:
                       fix=f"shorten the prompt, or load with a larger context: edgekit.load(path, n_ctx={2 * n})")
 
 
-def _context_checked(chunks: Iterator[Any]) -> Iterator[Any]:
-    """llama-cpp-python's chunks, with its 'Requested tokens (N) exceed context window of M'
-    ValueError (raised at the first chunk, e.g. for a long chat) turned into an InputError."""
-    import re
-
-    try:
-        yield from chunks
-    except ValueError as e:
-        found = re.search(r"Requested tokens \((\d+)\) exceed context window of (\d+)", str(e))
-        if found is None and "could not broadcast" in str(e):  # the wrapper's token buffer is full
-            raise InputError("the prompt and the tokens generated do not fit the context",
-                             fix="pass a smaller max_tokens or a shorter prompt, or load with a larger n_ctx") from e
-        if found is None:
-            raise RuntimeFailure(f"llama.cpp failed to generate: {e}", fix="check the prompt and options") from e
-        raise _too_long(int(found[1]), int(found[2])) from e
-
-
 def _stops(stop: str | Sequence[str] | None) -> list[str]:
     if stop is None:
         return []
     return [stop] if isinstance(stop, str) else list(stop)
+
+
+class _Pieces:
+    """The pieces of a generation started without ``on_piece``, for ``generate``/``chat``: an
+    iterator that blocks for the next piece; closing it (or dropping it) cancels the generation."""
+
+    def __init__(self) -> None:
+        import queue
+
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.put = self._queue.put
+
+    def end(self, request: Request) -> None:
+        self._queue.put(None)
+
+    def iterate(self, request: Request) -> Iterator[str]:
+        try:
+            while (piece := self._queue.get()) is not None:
+                yield piece
+        finally:
+            request.cancel()  # a no-op once it ended
+        if request.error is not None:
+            raise request.error

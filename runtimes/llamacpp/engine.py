@@ -1,0 +1,279 @@
+"""Continuous batching for llama.cpp generation: every sequence in flight advances by one token per
+``llama_decode`` call, all of them in the same batch, and a new request joins at the next step
+(its prompt decoded in the same batch as the others' next tokens) instead of waiting for the
+generations ahead of it to end.
+
+Each sequence has its own slot: a ``seq_id`` of a context made with ``n_seq_max`` = slots and a
+split (non-unified) KV cache, so a sequence's cells always start at 0 of its own stream and its
+attention sums the same numbers in the same order as when it runs alone. Greedy text is therefore
+the same whether a request runs alone or beside others (tests check it).
+
+Sampling is llama.cpp's own sampler chain, built as llama-cpp-python builds it (greedy at
+temperature 0; otherwise top-k, typical 1.0, top-p, min-p 0.05, temperature, then a seeded draw),
+one chain per sequence. Text comes from ``llama_token_to_piece`` one token at a time, decoded as
+UTF-8 incrementally (bytes that are not UTF-8 dropped, as llama-cpp-python drops them), with stop
+strings found across pieces and the text that may start one held back until it is known not to.
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+from edgekit.errors import RuntimeFailure
+
+MIN_P = 0.05  # llama-cpp-python's default, kept so sampled text matches its sampler chain
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How the next token is chosen: greedy at ``temperature`` 0, else a seeded draw."""
+
+    temperature: float = 0.8
+    top_p: float = 0.95
+    top_k: int = 40
+    seed: int = 0
+
+    def sampler(self, llama_cpp: ModuleType) -> Any:
+        if self.temperature == 0:
+            return llama_cpp.llama_sampler_init_greedy()
+        chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+        for s in (llama_cpp.llama_sampler_init_top_k(self.top_k), llama_cpp.llama_sampler_init_typical(1.0, 1),
+                  llama_cpp.llama_sampler_init_top_p(self.top_p, 1), llama_cpp.llama_sampler_init_min_p(MIN_P, 1),
+                  llama_cpp.llama_sampler_init_temp(self.temperature),
+                  llama_cpp.llama_sampler_init_dist(self.seed & 0xFFFFFFFF)):
+            llama_cpp.llama_sampler_chain_add(chain, s)  # the chain owns them
+        return chain
+
+
+class StopText:
+    """Bytes of pieces in, text out: UTF-8 decoded across pieces, cut at the first stop string,
+    and any tail that could be the start of a stop string held back until the next piece."""
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self.stops = [s for s in stops if s]
+        self._held = ""
+        self._utf8 = codecs.getincrementaldecoder("utf-8")("ignore")
+
+    def push(self, data: bytes, final: bool = False) -> tuple[str, bool]:
+        """(text that may be emitted now, whether a stop string ended the text)."""
+        text = self._held + self._utf8.decode(data, final)
+        if not self.stops:
+            self._held = ""
+            return text, False
+        cut = min((i for i in (text.find(s) for s in self.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            self._held = ""
+            return text[:cut], True
+        hold = 0 if final else max((k for s in self.stops for k in range(1, len(s)) if text.endswith(s[:k])),
+                                   default=0)
+        self._held = text[len(text) - hold:] if hold else ""
+        return text[:len(text) - hold], False
+
+
+class Request:
+    """One sequence to generate. ``on_piece(text)`` and ``on_done(request)`` are called in the
+    engine's thread; ``cancel()`` may be called from any thread (the slot is freed at the next step)."""
+
+    def __init__(self, tokens: list[int], max_tokens: int, sampling: Sampling, stops: Sequence[str],
+                 on_piece: Callable[[str], None], on_done: Callable[[Request], None]) -> None:
+        self.tokens = tokens
+        self.max_tokens = max_tokens
+        self.sampling = sampling
+        self.on_piece, self.on_done = on_piece, on_done
+        self.prompt_tokens = len(tokens)
+        self.completion_tokens = 0
+        self.finish_reason: str | None = None  # "stop" or "length" once done
+        self.error: BaseException | None = None
+        self.cancelled = False
+        self.admitted = threading.Event()  # it has a slot (its prompt is being decoded)
+        self.done = threading.Event()
+        self._text = StopText(stops)
+        self._slot = -1
+        self._fed = 0  # prompt tokens decoded so far
+        self._next = -1  # the last sampled token, decoded at the next step
+        self._sampler: Any = None
+        self._engine: Engine | None = None
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        if self._engine is not None:
+            self._engine.wake()
+
+
+class Engine:
+    """Runs :class:`Request` s in one llama.cpp context (``slots`` sequences at once) from its own
+    thread, started on the first request and stopped by :meth:`close`."""
+
+    def __init__(self, llama_cpp: ModuleType, ctx: Any, vocab: Any, batch: Any, *, slots: int, n_batch: int,
+                 n_ctx: int, decode_error: Callable[[int, int], BaseException]) -> None:
+        self._lib, self._ctx, self._vocab, self._batch = llama_cpp, ctx, vocab, batch
+        self.slots, self.n_batch, self.n_ctx = slots, n_batch, n_ctx
+        self._decode_error = decode_error
+        self._cond = threading.Condition()
+        self._pending: deque[Request] = deque()
+        self._active: list[Request] = []
+        self._free = list(range(slots))
+        self._exclusive = 0
+        self._closing = False
+        self.peak = 0  # the most sequences decoded together so far
+        self._thread: threading.Thread | None = None
+        self._piece = ctypes.create_string_buffer(256)
+
+    # -- from any thread ---------------------------------------------------------------------------
+    def submit(self, request: Request) -> Request:
+        with self._cond:
+            if self._closing:
+                raise RuntimeFailure("the model was closed while a generation was submitted",
+                                     fix="load it again with edgekit.load()")
+            request._engine = self
+            self._pending.append(request)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="edgekit-llamacpp-engine", daemon=True)
+                self._thread.start()
+            self._cond.notify_all()
+        return request
+
+    def wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    @property
+    def busy(self) -> int:
+        """Sequences in flight or waiting for a slot."""
+        return len(self._active) + len(self._pending)
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """The context to oneself (``logits``, ``bench_tokens``): waits for the sequences in flight to
+        end and admits no new one meanwhile; every slot's cache is empty inside."""
+        with self._cond:
+            self._exclusive += 1
+            while self._active:
+                self._cond.wait()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._exclusive -= 1
+                self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+        for r in list(self._pending) + self._active:
+            self._finish(r, None, RuntimeFailure("the model was closed during the generation",
+                                                 fix="keep the model open until its generations end"))
+        self._pending.clear()
+
+    # -- the engine's thread -----------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._closing and not self._active and (self._exclusive or not self._pending):
+                    self._cond.wait()
+                if self._closing:
+                    return
+                while self._free and self._pending and not self._exclusive:
+                    self._admit(self._pending.popleft())
+            try:
+                self._step()
+            except Exception as e:  # a failed decode ends every sequence in it, with its error
+                for r in list(self._active):
+                    self._finish(r, None, e)
+
+    def _admit(self, r: Request) -> None:
+        if r.cancelled:
+            self._finish(r, None)
+            return
+        r._slot = self._free.pop(0)
+        r._sampler = r.sampling.sampler(self._lib)
+        self._active.append(r)
+        self.peak = max(self.peak, len(self._active))
+        r.admitted.set()
+
+    def _step(self) -> None:
+        """One ``llama_decode``: the next chunk of a new sequence's prompt if one waits (cut as it
+        would be alone), else the next token of every sequence; then a token sampled for each
+        sequence whose logits came. Prompts never share a batch with other sequences' tokens:
+        llama.cpp splits such a batch unevenly, and the prompt's numbers would differ from a run
+        alone (seen on SmolLM2 Q4_1: greedy text diverged after 25 tokens)."""
+        for r in list(self._active):
+            if r.cancelled:
+                self._finish(r, None)
+        b, n, sampled = self._batch, 0, []
+        filling = next((r for r in self._active if r._fed < len(r.tokens)), None)
+        if filling is not None:
+            r = filling
+            for tok in r.tokens[r._fed:r._fed + self.n_batch]:
+                last = r._fed == len(r.tokens) - 1
+                self._put(b, n, tok, r._fed, r._slot, last)
+                if last:
+                    sampled.append((r, n))
+                r._fed, n = r._fed + 1, n + 1
+        else:
+            for r in self._active:
+                self._put(b, n, r._next, r._fed + r.completion_tokens - 1, r._slot, True)
+                sampled.append((r, n))
+                n += 1
+        if not n:
+            return
+        b.n_tokens = n
+        rc = self._lib.llama_decode(self._ctx, b)
+        if rc != 0:
+            raise self._decode_error(rc, n)
+        for r, i in sampled:
+            self._accept(r, self._lib.llama_sampler_sample(r._sampler, self._ctx, i))
+
+    @staticmethod
+    def _put(b: Any, i: int, token: int, pos: int, seq: int, logits: bool) -> None:
+        b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = token, pos, 1, logits
+        b.seq_id[i][0] = seq
+
+    def _accept(self, r: Request, token: int) -> None:
+        if self._lib.llama_vocab_is_eog(self._vocab, token):
+            return self._finish(r, "stop")
+        r.completion_tokens += 1
+        n = self._lib.llama_token_to_piece(self._vocab, token, self._piece, len(self._piece), 0, False)
+        text, stopped = r._text.push(self._piece.raw[:max(n, 0)])
+        if text:
+            r.on_piece(text)
+        if stopped:
+            return self._finish(r, "stop")
+        # the token just sampled is decoded at position prompt + completion - 1, which must fit
+        if r.completion_tokens >= r.max_tokens or r.prompt_tokens + r.completion_tokens > self.n_ctx:
+            return self._finish(r, "length")
+        r._next = token
+
+    def _finish(self, r: Request, reason: str | None, error: BaseException | None = None) -> None:
+        if r.done.is_set():
+            return
+        if reason is not None and error is None:
+            tail, _ = r._text.push(b"", final=True)
+            if tail:
+                r.on_piece(tail)
+        r.finish_reason, r.error = reason, error
+        with self._cond:
+            if r in self._active:
+                self._active.remove(r)
+                mem = self._lib.llama_get_memory(self._ctx)
+                self._lib.llama_memory_seq_rm(mem, r._slot, -1, -1)
+                self._free.append(r._slot)
+                self._free.sort()
+            self._cond.notify_all()
+        if r._sampler is not None:
+            self._lib.llama_sampler_free(r._sampler)
+            r._sampler = None
+        r.admitted.set()
+        r.done.set()
+        r.on_done(r)
