@@ -154,6 +154,30 @@ def test_device_benchmarks_need_the_device_resource(cluster: str, config_home: P
     assert all(w1[1] <= w2[0] for w1, w2 in zip(windows, windows[1:])), windows
 
 
+def test_openvino_fp32_converted_in_a_worker_matches_the_original(cluster: str, tmp_path: Path) -> None:
+    """An OpenVINO IR built in a Ray task: the verification feeds (calibration batches of 2 KiB, past
+    numpy's small-buffer cache) come from the object store read-only; the runtime's copy of them was
+    freed before infer() read it, so fp32 was a 'diverged' row (the digits CNN: max error 1e24-1e33)."""
+    import dataclasses
+
+    from edgekit.calib import CalibrationSet
+    from edgekit.conversion import convert_source
+    from edgekit.matrix import connect_ray
+    from edgekit.sources import resolve_source
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 64, 10)).eval()
+    x = np.random.default_rng(0).random((16, 1, 8, 8), dtype=np.float32)
+    src = resolve_source(net, (x[:2],), input_names=["pixels"], output_names=["logits"])
+    ray_ = connect_ray(cluster)
+    ref = ray_.put(dataclasses.replace(src, calibration=CalibrationSet({"pixels": x}, "random")))
+    task = ray_.remote(convert_source).options(num_cpus=1, max_retries=0)
+    (art,) = ray_.get(task.remote(ref, targets=["openvino"], precisions=["fp32"], out=str(tmp_path / "ov")),
+                      timeout=240)  # a diverged fp32 raises VerificationError here
+    assert art.status == "ok" and len(art.verification.outputs) == 1
+    assert art.verification.outputs[0].max_abs_err < 1e-4 and art.verification.outputs[0].min_cosine > 0.99999
+
+
 def _source(tmp: Path) -> Path:
     net = _mlp(2, 32)
     program = torch.export.export(net, (torch.randn(2, 16),))
