@@ -83,6 +83,7 @@ def test_a_hugging_face_model_computes_the_same_after_its_weights_are_handed_bac
     np.testing.assert_array_equal(after, before)
 
 
+@pytest.mark.slow  # two conversions with verification: about 20 s on 2 cores
 def test_verification_runs_the_original_on_the_parity_rows_only_once_for_every_precision(
         llama_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed: pip install 'edgekit[llamacpp]'")

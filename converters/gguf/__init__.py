@@ -11,7 +11,9 @@ Verification is the format's own (:meth:`GgufConverter.verify`): llama.cpp must 
 Hugging Face does; logits are compared with PyTorch at every real (unpadded) position of the
 first reference rows (``parity_rows``, the examples first); and on real tokens (``--calib`` text, else the examples) perplexity, KL
 divergence and top-1 agreement against PyTorch go into the manifest. f32/f16 must agree on
-the top-1 token at >= 99% of positions.
+the top-1 token at >= 99% of positions. PyTorch's logits are computed once per conversion, one
+window at a time, into a scratch file (``reference``), and the PyTorch model's mapped weights are
+handed back whenever it is idle (before writing, quantizing and llama.cpp's verification).
 """
 
 from __future__ import annotations

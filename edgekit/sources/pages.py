@@ -8,8 +8,9 @@ it verifies), :func:`drop_mapped_pages` un-maps those pages with ``MADV_DONTNEED
 stay valid, and the next forward pass faults them back in from the page cache (or the disk).
 
 A private mapping that holds a modified page (a parameter changed in place: copy-on-write made it
-anonymous memory) is left alone, since dropping it would lose the change. Linux only: elsewhere
-nothing is dropped.
+anonymous memory) is left alone, since dropping it would lose the change; so call it where
+nothing modifies those parameters at the same time (the check and the drop are two steps). Linux
+only: elsewhere nothing is dropped.
 """
 
 from __future__ import annotations
