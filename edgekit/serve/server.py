@@ -85,11 +85,14 @@ class Server:
                 # a drained stop is a clean exit (status 0): uvicorn would re-raise the signal after
                 getattr(self, "_captured_signals", []).clear()
 
-        # loop and http stay "auto": uvloop and httptools when installed (the serve extra has both);
-        # no X-Forwarded-* rewriting: nothing here reads the client address or scheme
+        from edgekit.serve.wire import http_protocol
+
+        # the loop stays "auto" (uvloop when installed), the HTTP protocol is uvicorn's own choice
+        # (httptools when installed) sending head and body in one write; no X-Forwarded-* rewriting:
+        # nothing here reads the client address or scheme
         config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="on",
                                 timeout_graceful_shutdown=int(self.config.drain_timeout_s) or None,
-                                timeout_keep_alive=5, proxy_headers=False)
+                                timeout_keep_alive=5, proxy_headers=False, http=http_protocol())
         self._uvicorn = _Uvicorn(config)
         try:
             self._uvicorn.run(sockets=[sock])
