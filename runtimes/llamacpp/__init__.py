@@ -162,6 +162,9 @@ class LlamaCppModel(Model):
         self._vocab = llama_cpp.llama_model_get_vocab(self._llm.model)
         self._engine = Engine(llama_cpp, self._ctx, self._vocab, self._batch, slots=opts.parallel,
                               n_batch=self.n_batch, n_ctx=self.n_ctx, decode_error=self._decode_error)
+        if opts.parallel > 1:  # decode sequences in one call only where that changes no logit
+            probe = self.tokenize("The river flows past the old mill") or [0]
+            self._engine.together = self._engine.probe_together((probe * 3)[:8])
         self._gpu_layers_used = gpu_layers
         ids = TensorSpec("input_ids", "int64", ("batch", "sequence"))
         mask = TensorSpec("attention_mask", "int64", ("batch", "sequence"))
@@ -210,7 +213,7 @@ class LlamaCppModel(Model):
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "n_ctx": self.n_ctx, "n_batch": self.n_batch, "kv_cache": self._opts.kv_cache,
-                "parallel": self._opts.parallel,
+                "parallel": self._opts.parallel, "decode_together": self._engine.together,
                 "n_gpu_layers": self._gpu_layers_used, "architecture": self.header.architecture,
                 "tensor_types": self.header.tensor_types(), "llama_cpp_python": self.version()}
 

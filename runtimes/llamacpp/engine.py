@@ -123,7 +123,9 @@ class Engine:
         self._free = list(range(slots))
         self._exclusive = 0
         self._closing = False
-        self.peak = 0  # the most sequences decoded together so far
+        self.peak = 0  # the most sequences in flight at once so far
+        # several sequences' next tokens in one llama_decode (set from probe_together() at load)
+        self.together = slots > 1
         self._thread: threading.Thread | None = None
         self._piece = ctypes.create_string_buffer(256)
 
@@ -203,42 +205,73 @@ class Engine:
         r.admitted.set()
 
     def _step(self) -> None:
-        """One ``llama_decode``: the next chunk of a new sequence's prompt if one waits (cut as it
-        would be alone), else the next token of every sequence; then a token sampled for each
-        sequence whose logits came. Prompts never share a batch with other sequences' tokens:
-        llama.cpp splits such a batch unevenly, and the prompt's numbers would differ from a run
-        alone (seen on SmolLM2 Q4_1: greedy text diverged after 25 tokens)."""
+        """The next chunk of a new sequence's prompt if one waits (cut as it would be alone), else
+        the next token of every sequence: in one ``llama_decode`` when :attr:`together`, else one
+        call per sequence (still a token each per step). Prompts never share a batch with other
+        sequences' tokens: llama.cpp splits such a batch unevenly, and the prompt's numbers would
+        differ from a run alone (seen on SmolLM2 Q4_1: greedy text diverged after 25 tokens)."""
         for r in list(self._active):
             if r.cancelled:
                 self._finish(r, None)
-        b, n, sampled = self._batch, 0, []
         filling = next((r for r in self._active if r._fed < len(r.tokens)), None)
         if filling is not None:
-            r = filling
-            for tok in r.tokens[r._fed:r._fed + self.n_batch]:
-                last = r._fed == len(r.tokens) - 1
-                self._put(b, n, tok, r._fed, r._slot, last)
-                if last:
-                    sampled.append((r, n))
-                r._fed, n = r._fed + 1, n + 1
-        else:
-            for r in self._active:
-                self._put(b, n, r._next, r._fed + r.completion_tokens - 1, r._slot, True)
-                sampled.append((r, n))
-                n += 1
-        if not n:
+            r, chunk = filling, filling.tokens[filling._fed:filling._fed + self.n_batch]
+            done = r._fed + len(chunk) == len(r.tokens)
+            group = [(r, tok, r._fed + i, done and i == len(chunk) - 1) for i, tok in enumerate(chunk)]
+            r._fed += len(chunk)
+            self._decode([group])
             return
-        b.n_tokens = n
-        rc = self._lib.llama_decode(self._ctx, b)
-        if rc != 0:
-            raise self._decode_error(rc, n)
-        for r, i in sampled:
-            self._accept(r, self._lib.llama_sampler_sample(r._sampler, self._ctx, i))
+        steps = [(r, r._next, r._fed + r.completion_tokens - 1, True) for r in self._active]
+        self._decode([steps] if self.together else [[one] for one in steps])
 
-    @staticmethod
-    def _put(b: Any, i: int, token: int, pos: int, seq: int, logits: bool) -> None:
-        b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = token, pos, 1, logits
-        b.seq_id[i][0] = seq
+    def _decode(self, groups: list[list[tuple[Request, int, int, bool]]]) -> None:
+        """Each group as one ``llama_decode`` (token, position, sequence's slot, logits wanted?),
+        then a token sampled for every entry that asked for logits."""
+        b = self._batch
+        for group in groups:
+            for i, (r, tok, pos, logits) in enumerate(group):
+                b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = tok, pos, 1, logits
+                b.seq_id[i][0] = r._slot
+            b.n_tokens = len(group)
+            rc = self._lib.llama_decode(self._ctx, b)
+            if rc != 0:
+                raise self._decode_error(rc, len(group))
+            for i, (r, _, _, logits) in enumerate(group):
+                if logits:
+                    self._accept(r, self._lib.llama_sampler_sample(r._sampler, self._ctx, i))
+
+    def probe_together(self, tokens: Sequence[int]) -> bool:
+        """Whether a token decoded beside others (one per slot) gets bit-identical logits to the same
+        token decoded alone, on this build and machine: true for quantized weights (Q4_0, Q4_1, Q8_0
+        here), false for f16/f32 (llama.cpp's float kernels sum a batch of one and a batch of
+        several in different orders: logits differed by 1e-4 to 1e-3). When false, sequences are
+        decoded one call each so greedy text still equals a run alone. Needs an idle engine."""
+        lib, ctx, n = self._lib, self._ctx, len(tokens)
+        mem = lib.llama_get_memory(ctx)
+
+        def logits(seqs: list[int], pos: int, toks: Sequence[int]) -> list[bytes]:
+            b = self._batch
+            entries = [(t, pos + i, s) for s in seqs for i, t in enumerate(toks)]
+            for i, (t, p, q) in enumerate(entries):
+                b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = t, p, 1, True
+                b.seq_id[i][0] = q
+            b.n_tokens = len(entries)
+            if lib.llama_decode(ctx, b) != 0:
+                raise self._decode_error(-1, len(entries))
+            width = lib.llama_vocab_n_tokens(self._vocab) * 4  # float32 logits as bytes
+            return [ctypes.string_at(lib.llama_get_logits_ith(ctx, i), width) for i in range(len(entries))]
+
+        try:
+            lib.llama_memory_clear(mem, True)
+            logits([0], 0, tokens[:-1])
+            alone = logits([0], n - 1, tokens[-1:])[0]
+            lib.llama_memory_clear(mem, True)
+            for s in range(self.slots):
+                logits([s], 0, tokens[:-1])
+            beside = logits(list(range(self.slots)), n - 1, tokens[-1:])
+            return all(x == alone for x in beside)
+        finally:
+            lib.llama_memory_clear(mem, True)
 
     def _accept(self, r: Request, token: int) -> None:
         if self._lib.llama_vocab_is_eog(self._vocab, token):
