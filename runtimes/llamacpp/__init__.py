@@ -3,7 +3,9 @@
 Besides the shared surface (``run`` -> per-position logits, ``benchmark``), a GGUF model
 generates text (``generate``, ``chat`` with the file's template, both streamable), scores tokens
 (``logits``, used by :mod:`edgekit.perplexity`) and measures itself in llama-bench's terms
-(``bench_tokens``: prompt processing and generation tokens/s).
+(``bench_tokens``: prompt processing and generation tokens/s). Generation runs in
+:mod:`.engine` (continuous batching): calls from several threads, or a server's requests, are
+decoded together in one context, ``parallel`` sequences at a time (load option, default 1).
 
 A file is checked before llama.cpp sees it: its header is parsed here (truncated files and
 missing keys become :class:`ArtifactError`), then a child process loads it once, because
