@@ -145,7 +145,10 @@ def edgekit_serve(paths: list[Path], port: int, threads: int, *extra: str, unver
            "--threads", str(threads), "--queue-size", "256", *spin, *extra]
     env = None
     if src is not None:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([*plain_uvicorn(), str(src)])}
+        # PYTHONSAFEPATH: `python -m` would put the working directory (this tree) first on the path;
+        # the tree needs edgekit/runtimes and edgekit/converters links to its own (the editable
+        # install maps those packages to this checkout)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([*plain_uvicorn(), str(src)]), "PYTHONSAFEPATH": "1"}
     return server(cmd + (["--allow-unverified"] if unverified else []), get_ok("/v2/health/ready"), port, env)
 
 
