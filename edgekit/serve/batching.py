@@ -152,14 +152,15 @@ class Batcher:
         if len(self._jobs) >= self.queue_size:
             raise Overloaded(f"model {self.name!r} has {len(self._jobs)} requests waiting (the limit)",
                              fix="retry after the Retry-After delay, or start the server with a larger --queue-size")
-        loop = asyncio.get_running_loop()
         direct = (not self._jobs and not self.running and self._worker is not None
                   and (key is None or rows >= self.max_batch or self.timeout_s <= 0))
         if direct:  # nothing to wait for: straight to the model's thread
             self._busy(1)  # until the thread is done with it, even if the request goes away first
             job = _Job(payload, rows, key, self._thread.run(self._one, payload, lambda: self._busy(-1)))
+            if self._on_batch:
+                self._on_batch(1, 0)
         else:
-            job = _Job(payload, rows, key, loop.create_future())
+            job = _Job(payload, rows, key, asyncio.get_running_loop().create_future())
             self._jobs.append(job)
             self._arrived.set()
         try:
@@ -170,8 +171,6 @@ class Batcher:
                 from None
         if not direct:
             return answer
-        if self._on_batch:
-            self._on_batch(1, len(self._jobs))
         if isinstance(answer, BaseException):
             raise answer
         result, timing = answer
