@@ -65,3 +65,23 @@ def test_openvino_int4_group_fallback_modes(tmp_path: Path) -> None:
         _convert(tmp_path / "ignore", "openvino", int4_group_fallback="ignore")
     with pytest.raises(ConfigError, match="int4_group_fallback"):
         _convert(tmp_path / "bad", "openvino", int4_group_fallback="shrink")
+
+
+def test_onnx_int4_runs_matmul_nbits_with_int8_compute_by_default(tmp_path: Path) -> None:
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+
+    def levels(art: Any) -> list[int]:
+        nodes = [n for n in onnx.load(str(art.path)).graph.node if n.op_type == "MatMulNBits"]
+        return [next((a.i for a in n.attribute if a.name == "accuracy_level"), 0) for n in nodes]
+
+    art = _convert(tmp_path / "default", "onnx")
+    conv = _conversion(art)
+    assert conv["accuracy_level"] == 4 and levels(art) == [4, 4, 4]  # a, b and the head
+    unset = _convert(tmp_path / "unset", "onnx", int4_accuracy_level=0)
+    assert _conversion(unset)["accuracy_level"] == 0 and levels(unset) == [0, 0, 0]  # attribute left out
+    # int8 activations cost little: both stay close to PyTorch, and to each other
+    for a in (art, unset):
+        assert a.status == "ok" and a.verification.outputs[0].min_cosine > 0.99
+    with pytest.raises(ConfigError, match="int4_accuracy_level"):
+        _convert(tmp_path / "bad", "onnx", int4_accuracy_level=5)
