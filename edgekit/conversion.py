@@ -235,10 +235,14 @@ def convert_source(
         worst = next(o for o in v.outputs if o.name == v.failed_output) if v else None
         detail = (f"output {worst.name!r}: max abs error {worst.max_abs_err:.3g}, worst cosine "
                   f"{worst.min_cosine:.6f}") if worst else ""
+        first = diverged[0]
+        nan = worst is not None and worst.non_finite
         raise VerificationError(
-            f"{diverged[0].path.name} does not match the original model within fp32 tolerance ({detail})",
-            fix="the exporter changed the model's numerics: check for training-mode layers, "
-            "random ops or unsupported dtypes; the artifact and its report were kept for inspection",
+            f"{first.path.name} does not match the original model: {first.reason} ({detail})",
+            fix=("values past the precision's range (fp16 overflows above 65504) or a broken quantization "
+                 "scale give NaN/inf: drop this precision or exclude the layer (edgekit sensitivity)" if nan else
+                 "the exporter changed the model's numerics: check for training-mode layers, "
+                 "random ops or unsupported dtypes") + "; the artifact and its report were kept for inspection",
             artifacts=artifacts)
     return artifacts
 
@@ -310,7 +314,7 @@ def _build_one(conv: Any, base: Any, precision: Precision, base_name: str, ctx: 
         publish([assets["dir"]], out_dir)
     final = publish([*built.files, mpath], out_dir)
     status = ArtifactStatus.DIVERGED if verification.gated and not verification.passed else ArtifactStatus.OK
-    reason = None if status is ArtifactStatus.OK else f"output {verification.failed_output!r} out of tolerance"
+    reason = None if status is ArtifactStatus.OK else _divergence(verification)
     if status is ArtifactStatus.OK and loop is not None and not loop.met:  # short of its int8 target
         status, reason = ArtifactStatus.DEGRADED, loop.reason
     return Artifact(final[-2], conv.format, precision, status, reason, size,
@@ -336,3 +340,12 @@ def _verify(conv: Any, built: Any, precision: Precision, ctx: Any, reference: An
         with load(built.model, device="cpu", **conv.verify_options) as m:
             got, native = [m.run(f) for f in feeds], m.signature
     return compare(reference, got, precision, device="cpu"), native
+
+
+def _divergence(v: Verification) -> str:
+    """Why a gated verification failed, in the words the table shows."""
+    bad = next((o for o in v.outputs if o.name == v.failed_output), None)
+    if bad is not None and bad.non_finite:
+        return (f"output {bad.name!r} is NaN or infinite at {bad.non_finite} values where the original's "
+                "are finite")
+    return f"output {v.failed_output!r} out of tolerance"

@@ -36,6 +36,8 @@ class OutputParity:
     # and how many positions were near-ties
     top1_agreement_no_ties: float | None = None
     near_ties: int | None = None
+    # values the artifact gave as NaN or infinity where the original's were finite (fails any gate)
+    non_finite: int = 0
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,9 @@ class Verification:
     samples: int
     outputs: tuple[OutputParity, ...]
     passed: bool
-    gated: bool  # True when failing makes the conversion fail (fp32); else figures are reported
+    # True when failing makes the conversion fail (fp32; fp16's sanity gate; NaN/inf outputs in any
+    # precision); else figures are reported
+    gated: bool
     tolerance: dict[str, float] = field(default_factory=dict)
     failed_output: str | None = None
     device: str = "cpu"

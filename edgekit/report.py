@@ -157,7 +157,8 @@ def manifest_table(m: Manifest) -> Table:
         for o in v.outputs:
             top1 = f", top-1 {o.top1_agreement:.1%}" if o.top1_agreement is not None else ""
             rows.append((f"  {o.name}", f"max abs {o.max_abs_err:.2e}, cosine {o.cosine:.6f} "
-                         f"(worst {o.min_cosine:.6f}){top1}"))
+                         f"(worst {o.min_cosine:.6f}){top1}"
+                         f"{f', {o.non_finite} NaN/inf values' if o.non_finite else ''}"))
         if v.metric:
             rows.append((f"  {v.metric['name']}", f"{v.metric['value']:.4f} vs original "
                          f"{v.metric['reference']:.4f} ({v.metric['delta']:+.4f}) on {v.metric['samples']}"))

@@ -26,6 +26,8 @@ Feed = dict[str, np.ndarray]
 # precision -> tolerance; only gated precisions fail a conversion, the others report figures
 TOLERANCES: dict[Precision, dict[str, float]] = {
     Precision.FP32: {"atol": 1e-4, "rtol": 1e-3, "min_cosine": 0.9999},
+    # fp16 fails only when far off in value AND direction ("both"): a sanity gate, not a parity one
+    Precision.FP16: {"atol": 1e-3, "rtol": 0.05, "min_cosine": 0.99, "both": 1.0},
 }
 # top-1 at a position whose original top two scores lie within 1% of its score range is a coin
 # toss for any rounding: the int8 loop's top-1 target does not count it (top1_agreement_no_ties)
@@ -104,26 +106,81 @@ def _rows(a: np.ndarray) -> np.ndarray:
     return a.reshape(a.shape[0], -1) if a.ndim > 1 else a.reshape(1, -1)
 
 
+class ParityStats:
+    """Parity statistics of one output gathered over batches of rows (one row = one sample or one
+    position): max/mean absolute error, cosine per row, top-1 agreement.
+
+    A value the artifact gives as NaN or infinity where the original's is finite is counted in
+    ``non_finite`` and its row's cosine is -1: such an output never reads as a
+    match (NaN compares false with every threshold, so unguarded statistics reported 0 error and
+    cosine 1 for an all-NaN output). Elements non-finite in both are left out of the errors."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.max_err, self.err_sum, self.count, self.non_finite = 0.0, 0.0, 0, 0
+        self.cosines: list[np.ndarray] = []
+        self.agree = self.positions = self.firm_agree = self.firm = 0
+
+    def add(self, expected: np.ndarray, got: np.ndarray, hits: np.ndarray | None = None,
+            firm: np.ndarray | None = None) -> None:
+        """One batch: the original's and the artifact's output (rows along axis 0), and for logits
+        the per-position top-1 ``hits`` and where the original is ``firm`` (not a near-tie)."""
+        exp = _rows(expected)
+        out = _rows(got).reshape(exp.shape)
+        both = np.isfinite(exp) & np.isfinite(out)
+        bad = np.isfinite(exp) & ~np.isfinite(out)
+        with np.errstate(invalid="ignore", over="ignore"):
+            err = np.abs(np.where(both, exp - out, 0.0))
+        self.max_err = max(self.max_err, float(err.max(initial=0.0)))
+        self.err_sum, self.count = self.err_sum + float(err.sum()), self.count + int(both.sum())
+        self.non_finite += int(bad.sum())
+        e, g = np.where(both, exp, 0.0), np.where(both, out, 0.0)
+        den = np.linalg.norm(e, axis=1) * np.linalg.norm(g, axis=1)
+        cos = np.where(den > 0, (e * g).sum(1) / np.maximum(den, 1e-30), 1.0)
+        self.cosines.append(np.where(bad.any(axis=1), -1.0, cos))
+        if hits is None:
+            return
+        hit = np.asarray(hits, dtype=bool).reshape(-1)
+        firm_at = np.ones_like(hit) if firm is None else np.asarray(firm, dtype=bool).reshape(-1)
+        self.agree, self.positions = self.agree + int(hit.sum()), self.positions + int(hit.size)
+        self.firm_agree, self.firm = self.firm_agree + int(hit[firm_at].sum()), self.firm + int(firm_at.sum())
+
+    def result(self, top1: bool = False) -> OutputParity:
+        cos = np.concatenate(self.cosines) if self.cosines else np.ones(1)
+        return OutputParity(self.name, self.max_err, self.err_sum / max(self.count, 1), float(cos.mean()),
+                            float(cos.min()),
+                            self.agree / self.positions if top1 and self.positions else None,
+                            self.firm_agree / self.firm if top1 and self.firm else None,
+                            self.positions - self.firm if top1 else None, self.non_finite)
+
+
 def _output_parity(name: str, expected: list[np.ndarray], got: list[np.ndarray], top1: bool) -> OutputParity:
     """Statistics per feed, then aggregated: feeds may differ in shape (a sequence padded to the
     example's length, calibration padded to 128), so rows are never concatenated across feeds."""
-    max_err, err_sum, count, cosines, agree, positions = 0.0, 0.0, 0, [], 0, 0
-    firm_agree, firm = 0, 0  # top-1 on the positions where the original is not a near-tie
+    stats = ParityStats(name)
     for e, g in zip(expected, got):
-        exp_rows, got_rows = _rows(e), _rows(g)
-        err = np.abs(exp_rows - got_rows)
-        max_err, err_sum, count = max(max_err, float(err.max())), err_sum + float(err.sum()), count + err.size
-        num = (exp_rows * got_rows).sum(1)
-        den = np.linalg.norm(exp_rows, axis=1) * np.linalg.norm(got_rows, axis=1)
-        cosines.append(np.where(den > 0, num / np.maximum(den, 1e-30), 1.0))
-        if top1:
-            hit, firm_at = np.asarray(e).argmax(-1) == np.asarray(g).argmax(-1), ~near_ties(e)
-            agree, positions = agree + int(hit.sum()), positions + int(hit.size)
-            firm_agree, firm = firm_agree + int(hit[firm_at].sum()), firm + int(firm_at.sum())
-    cos = np.concatenate(cosines)
-    return OutputParity(name, max_err, err_sum / max(count, 1), float(cos.mean()), float(cos.min()),
-                        agree / positions if top1 and positions else None,
-                        firm_agree / firm if top1 and firm else None, positions - firm if top1 else None)
+        e, g = np.asarray(e), np.asarray(g)
+        hits = firm = None
+        if top1:  # at every position; a position the artifact gave non-finite scores is a miss
+            hits = (e.argmax(-1) == g.argmax(-1)) & ~(np.isfinite(e) & ~np.isfinite(g)).any(-1)
+            firm = ~near_ties(e)
+        stats.add(e, g, hits, firm)
+    return stats.result(top1)
+
+
+def within_tolerance(p: OutputParity, precision: Precision, scale: float) -> bool:
+    """Whether an output's parity passes ``precision``'s gate (``scale``: the original's largest
+    absolute value). Non-finite values where the original is finite fail every precision; fp32
+    must be close in value and direction; fp16 fails only when both are far off (a near-zero
+    output may flip its sign within fp16's rounding); other precisions report figures."""
+    if p.non_finite:
+        return False
+    tol = TOLERANCES.get(precision)
+    if tol is None:
+        return True
+    far = p.max_abs_err > tol["atol"] + tol["rtol"] * scale
+    turned = p.min_cosine < tol["min_cosine"]
+    return not (far and turned) if tol.get("both") else not (far or turned)
 
 
 def near_ties(scores: np.ndarray) -> np.ndarray:
@@ -133,7 +190,13 @@ def near_ties(scores: np.ndarray) -> np.ndarray:
     if s.shape[-1] < 2:
         return np.zeros(s.shape[:-1], dtype=bool)
     top2 = np.partition(s, -2, axis=-1)[..., -2:]
-    return top2[..., 1] - top2[..., 0] <= NEAR_TIE * (top2[..., 1] - s.min(-1))
+    low = np.where(np.isfinite(s), s, np.inf).min(-1)  # a masked (-inf) score does not widen the range
+    return top2[..., 1] - top2[..., 0] <= NEAR_TIE * (top2[..., 1] - low)
+
+
+def _scale(expected: list[np.ndarray]) -> float:
+    finite = [np.abs(e[np.isfinite(e)]) for e in map(np.asarray, expected)]
+    return max((float(f.max()) for f in finite if f.size), default=0.0)
 
 
 def compare(ref: Reference, got_all: list[dict[str, np.ndarray]], precision: Precision,
@@ -147,10 +210,8 @@ def compare(ref: Reference, got_all: list[dict[str, np.ndarray]], precision: Pre
         expected = [o[name] for o in ref.outputs]
         p = _output_parity(name, expected, [g[name] for g in got], name in ref.top1_outputs)
         parity.append(p)
-        if tol and failed is None:
-            scale = max(float(np.abs(e).max()) for e in expected)
-            if p.max_abs_err > tol["atol"] + tol["rtol"] * scale or p.min_cosine < tol["min_cosine"]:
-                failed = name
+        if failed is None and not within_tolerance(p, precision, _scale(expected)):
+            failed = name
     metric = None
     if ref.evaluator is not None and ref.baseline is not None:
         from edgekit.evaluate import EvalData
@@ -158,5 +219,5 @@ def compare(ref: Reference, got_all: list[dict[str, np.ndarray]], precision: Pre
         metric = ref.evaluator.metric(eval_got, EvalData.of(ref.evaluation), ref.baseline)
     return Verification(
         samples=sum(len(next(iter(f.values()))) for f in ref.feeds),
-        outputs=tuple(parity), passed=failed is None, gated=tol is not None,
+        outputs=tuple(parity), passed=failed is None, gated=tol is not None or failed is not None,
         tolerance=dict(tol or {}), failed_output=failed, device=device, metric=metric)

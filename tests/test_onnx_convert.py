@@ -32,7 +32,9 @@ def test_cnn_quantized_sizes_and_parity(cnn_artifacts: dict) -> None:
     # fp16 weights on a conv net: nearly exact; static int8 with per-channel weights: close
     assert cnn_artifacts["fp16"].verification.outputs[0].min_cosine > 0.9999
     assert cnn_artifacts["int8"].verification.outputs[0].cosine > 0.98
-    for precision in ("fp16", "int8-dynamic", "int8", "int4"):
+    # fp16 has a sanity gate (far off in value and direction fails); the quantized ones report
+    assert cnn_artifacts["fp16"].status == "ok" and cnn_artifacts["fp16"].verification.gated
+    for precision in ("int8-dynamic", "int8", "int4"):
         art = cnn_artifacts[precision]
         assert art.status == "ok" and not art.verification.gated
 

@@ -287,10 +287,11 @@ class GgufConverter(Converter):
             signature = m.signature
         tol = LM_TOLERANCES.get(precision)
         top1 = min(lm.top1 or 0.0, parity.top1_agreement or 0.0)
-        passed = tol is None or top1 >= tol["min_top1"]
+        # NaN/infinite logits where PyTorch's are finite fail every precision
+        passed = not parity.non_finite and (tol is None or top1 >= tol["min_top1"])
         verification = Verification(
             samples=rows, outputs=(parity,),
-            passed=passed, gated=tol is not None, tolerance=dict(tol or {}),
+            passed=passed, gated=tol is not None or not passed, tolerance=dict(tol or {}),
             failed_output=None if passed else "logits", device="cpu",
             metric={**lm.to_metric(base.eval_origin), "kv_cache": kv_cache})
         return verification, signature
@@ -328,23 +329,16 @@ def _masked_parity(m: Any, reference: Reference, max_rows: int, store: SpilledLo
     is 1, on the first ``max_rows`` rows of the reference feeds (the calibration text is also scored,
     as a whole, by the perplexity check)."""
     from edgekit.converters.gguf.reference import parity_rows
-    from edgekit.manifest import OutputParity
     from edgekit.perplexity import top1_agrees
+    from edgekit.verify import ParityStats
 
-    max_err, err_sum, count, cosines, agree, positions, rows = 0.0, 0.0, 0, [], 0, 0, 0
+    stats, rows = ParityStats("logits"), 0
     for i, row, real in parity_rows(reference, max_rows):
         rows += 1
         got = m.logits(np.asarray(reference.feeds[i]["input_ids"])[row, real]).astype(np.float64)
         exp = np.asarray(store.get(("row", i, row)), dtype=np.float64)
-        err = np.abs(got - exp)
-        max_err, err_sum, count = max(max_err, float(err.max())), err_sum + float(err.sum()), count + err.size
-        den = np.linalg.norm(got, axis=1) * np.linalg.norm(exp, axis=1)
-        cosines.append(np.where(den > 0, (got * exp).sum(1) / np.maximum(den, 1e-30), 1.0))
-        agree += int(top1_agrees(exp, got).sum())
-        positions += int(real.sum())
-    cos = np.concatenate(cosines) if cosines else np.ones(1)
-    return OutputParity("logits", max_err, err_sum / max(count, 1), float(cos.mean()), float(cos.min()),
-                        agree / positions if positions else None), rows
+        stats.add(exp, got, top1_agrees(exp, got) & np.isfinite(got).all(-1))
+    return stats.result(top1=True), rows
 
 
 def _check_tokenizer(m: Any, tok: Any) -> None:
