@@ -58,7 +58,7 @@ class OpenVinoOptions(CalibrationOptions):
     int8_weights_symmetric: bool = False  # INT8_SYM instead of INT8_ASYM
     # int4: NNCF weight compression
     # INT4_ASYM (optimum-intel's choice): all-MiniLM-L6-v2 embedding cosine 0.954 vs INT4_SYM's 0.949
-    # (worst 0.934 vs 0.925), same size and speed (bench/int4.py); True: INT4_SYM
+    # (worst 0.934 vs 0.925), same size, 1-2% slower (within noise; bench/int4.py); True: INT4_SYM
     int4_symmetric: bool = False
     int4_block_size: int = 128  # weights per quantization group; -1: one group per output channel
     # a layer whose input width int4_block_size does not divide (a 64- or 96-wide MLP): adjust (NNCF
