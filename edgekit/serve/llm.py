@@ -63,7 +63,10 @@ class _Channel:
     def _wake(self) -> None:  # with the lock held
         if not self._woken:
             self._woken = True
-            self.loop.call_soon_threadsafe(self.ready.set)
+            try:
+                self.loop.call_soon_threadsafe(self.ready.set)
+            except RuntimeError:  # the loop is closed (server gone): nobody reads this stream
+                pass
 
     def piece(self, text: str) -> None:
         with self._lock:
