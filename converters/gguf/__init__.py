@@ -285,6 +285,7 @@ class GgufConverter(Converter):
             parity, rows = _masked_parity(m, reference, opts.parity_rows, store)
             lm = score(m.logits, base.eval_tokens, opts.window, reference=window_reader(store))
             signature = m.signature
+        _hand_back(base)  # what llama.cpp freed
         tol = LM_TOLERANCES.get(precision)
         top1 = min(lm.top1 or 0.0, parity.top1_agreement or 0.0)
         # NaN/infinite logits where PyTorch's are finite fail every precision
@@ -312,14 +313,16 @@ class GgufConverter(Converter):
 
 
 def _hand_back(base: GgufBase) -> None:
-    """Drop what the PyTorch model holds resident while it is idle: garbage from its last forward
-    pass, and its memory-mapped weights' pages (they fault back in when it runs again)."""
+    """Drop what is resident and idle between phases: garbage, the C heap's free pages (what
+    llama.cpp or the last forward pass freed), and the PyTorch model's memory-mapped weights'
+    pages (they fault back in when it runs again)."""
     import gc
 
     from edgekit.converters.gguf.tensors import safetensors_files
-    from edgekit.sources.pages import drop_mapped_pages
+    from edgekit.sources.pages import drop_mapped_pages, release_free_heap
 
     gc.collect()
+    release_free_heap()
     drop_mapped_pages(safetensors_files(base.folder))
 
 
