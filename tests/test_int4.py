@@ -17,6 +17,8 @@ import edgekit  # noqa: E402
 from edgekit.errors import ConfigError, QuantizationError  # noqa: E402
 from edgekit.optimize.bits import NoLowBitWeights  # noqa: E402
 
+pytestmark = pytest.mark.slow  # each test converts a model (5-30 s on a loaded 2-core host)
+
 
 class Narrow(nn.Module):
     """A 96-wide and a 64-wide layer (neither divisible by 128), then a head NNCF keeps at 8 bit."""

@@ -51,6 +51,7 @@ def test_a_swapped_near_tie_is_not_counted_a_decisive_flip_is() -> None:
     assert not goal.met(goal.value(v, None))  # 0.9796 < 0.98
 
 
+@pytest.mark.slow
 def test_labelled_eval_data_sets_the_default_target(tmp_path: Path) -> None:
     """An int8 variant judged on 200 labelled held-out images: the accuracy drop (<= one point) is the
     default target; the loop keeps the fragile layer in float to meet it."""
