@@ -79,6 +79,10 @@ def prepare(source: ModelSource, fmt: str, opts: Any, calibration: Any) -> tuple
             shifts = eq.correct_bias(module, feeds, qmax, per_channel=per_channel, skip=opts.exclude_layers)
             record["bias_correction"] = {"layers": len(shifts), "weight_qmax": qmax, "per_channel": per_channel,
                                          "largest_shift": round(max(shifts.values(), default=0.0), 6)}
+    changed = record["batchnorm_folded"] or (opts.int8_cle and record["cle"]["pairs"]) or \
+        (isinstance(record["bias_correction"], dict) and record["bias_correction"].get("layers"))
+    if not changed:  # e.g. a transformer: no batch norm, no conv pairs; the plain export serves
+        return source, {**record, "applied": False, "reason": "nothing to fold, equalize or correct"}
     record["applied"] = True
     return dataclasses.replace(source, module=module), record
 
