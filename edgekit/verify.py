@@ -154,7 +154,7 @@ class ParityStats:
                             self.positions - self.firm if top1 else None, self.non_finite)
 
 
-def _output_parity(name: str, expected: list[np.ndarray], got: list[np.ndarray], top1: bool) -> OutputParity:
+def output_parity(name: str, expected: list[np.ndarray], got: list[np.ndarray], top1: bool) -> OutputParity:
     """Statistics per feed, then aggregated: feeds may differ in shape (a sequence padded to the
     example's length, calibration padded to 128), so rows are never concatenated across feeds."""
     stats = ParityStats(name)
@@ -208,7 +208,7 @@ def compare(ref: Reference, got_all: list[dict[str, np.ndarray]], precision: Pre
     failed: str | None = None
     for name in ref.outputs[0]:
         expected = [o[name] for o in ref.outputs]
-        p = _output_parity(name, expected, [g[name] for g in got], name in ref.top1_outputs)
+        p = output_parity(name, expected, [g[name] for g in got], name in ref.top1_outputs)
         parity.append(p)
         if failed is None and not within_tolerance(p, precision, _scale(expected)):
             failed = name

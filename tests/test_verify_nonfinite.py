@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 
 from edgekit.types import Precision
-from edgekit.verify import ParityStats, _output_parity, within_tolerance
+from edgekit.verify import ParityStats, output_parity, within_tolerance
 
 RNG = np.random.default_rng(0)
 
 
 def test_all_nan_output_is_the_worst_match_and_fails_every_precision() -> None:
     ref = [RNG.standard_normal((4, 10)).astype(np.float32)]
-    p = _output_parity("logits", ref, [np.full((4, 10), np.nan, np.float32)], top1=True)
+    p = output_parity("logits", ref, [np.full((4, 10), np.nan, np.float32)], top1=True)
     assert p.non_finite == 40
     assert p.cosine == -1.0 and p.min_cosine == -1.0 and p.top1_agreement == 0.0
     for precision in Precision:
@@ -28,7 +28,7 @@ def test_one_infinite_value_is_counted_and_its_row_is_the_worst() -> None:
     ref = RNG.standard_normal((4, 10))
     got = ref.copy()
     got[2, 3] = np.inf
-    p = _output_parity("y", [ref], [got], top1=True)
+    p = output_parity("y", [ref], [got], top1=True)
     assert p.non_finite == 1 and p.min_cosine == -1.0
     assert p.cosine == pytest.approx((3 * 1.0 - 1.0) / 4)  # three exact rows, one broken
     assert p.top1_agreement == pytest.approx(0.75) and p.max_abs_err == 0.0  # finite values all equal
@@ -39,7 +39,7 @@ def test_values_non_finite_in_the_original_too_are_left_out() -> None:
     ref = RNG.standard_normal((3, 6))
     ref[:, 0] = -np.inf  # a masked logit
     got = ref + 1e-7
-    p = _output_parity("logits", [ref], [got], top1=True)
+    p = output_parity("logits", [ref], [got], top1=True)
     assert p.non_finite == 0 and p.max_abs_err == pytest.approx(1e-7)
     assert p.min_cosine > 0.999999 and p.top1_agreement == 1.0
     assert within_tolerance(p, Precision.FP32, scale=float(np.abs(ref[:, 1:]).max()))
@@ -48,7 +48,7 @@ def test_values_non_finite_in_the_original_too_are_left_out() -> None:
 def test_statistics_across_feeds_of_different_shapes() -> None:
     a, b = RNG.standard_normal((2, 5, 7)), RNG.standard_normal((1, 9, 7))
     shifted = [a + 0.5, b]
-    p = _output_parity("logits", [a, b], shifted, top1=True)
+    p = output_parity("logits", [a, b], shifted, top1=True)
     assert p.max_abs_err == pytest.approx(0.5) and p.non_finite == 0
     assert p.mean_abs_err == pytest.approx(0.5 * a.size / (a.size + b.size))
     assert p.top1_agreement == 1.0  # a constant shift keeps every argmax
@@ -61,12 +61,12 @@ def test_statistics_across_feeds_of_different_shapes() -> None:
 def test_fp16_gate_fails_only_when_far_off_in_value_and_direction() -> None:
     ref = RNG.standard_normal((8, 16))
     tiny = np.full((8, 1), 1e-5)  # a near-zero scalar output whose sign fp16 may flip
-    flipped = _output_parity("s", [tiny], [-tiny], top1=False)
+    flipped = output_parity("s", [tiny], [-tiny], top1=False)
     assert flipped.min_cosine == -1.0 and within_tolerance(flipped, Precision.FP16, scale=1e-5)
     assert not within_tolerance(flipped, Precision.FP32, scale=1e-5)
-    garbage = _output_parity("y", [ref], [RNG.standard_normal((8, 16))], top1=False)
+    garbage = output_parity("y", [ref], [RNG.standard_normal((8, 16))], top1=False)
     assert not within_tolerance(garbage, Precision.FP16, scale=float(np.abs(ref).max()))
-    rounded = _output_parity("y", [ref], [ref.astype(np.float16).astype(np.float64)], top1=False)
+    rounded = output_parity("y", [ref], [ref.astype(np.float16).astype(np.float64)], top1=False)
     assert within_tolerance(rounded, Precision.FP16, scale=float(np.abs(ref).max()))
     # int8 and int4 report their figures (the int8 loop judges static int8 on its own targets)
     assert within_tolerance(garbage, Precision.INT8, scale=1.0)

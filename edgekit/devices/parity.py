@@ -42,13 +42,13 @@ class DeviceParity:
 def compare_outputs(expected: list[Feed], got: list[Feed], fp32: bool) -> tuple[list[dict[str, Any]], bool]:
     """Per output: max/mean abs error, cosine (mean, worst), top-1 agreement; and whether they agree."""
     from edgekit.types import Precision
-    from edgekit.verify import _output_parity, within_tolerance
+    from edgekit.verify import output_parity, within_tolerance
 
     rows, ok = [], True
     for name in expected[0]:
         exp, out = [e[name] for e in expected], [g[name] for g in got]
         top1 = exp[0].dtype.kind == "f" and exp[0].ndim >= 1 and exp[0].shape[-1] > 1
-        p = _output_parity(name, exp, out, top1)
+        p = output_parity(name, exp, out, top1)
         if fp32:
             scale = max(float(np.abs(e[np.isfinite(e)]).max(initial=0.0)) for e in exp)
             good = within_tolerance(p, Precision.FP32, scale)
