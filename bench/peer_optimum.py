@@ -131,7 +131,8 @@ def optimum_export(py: Path, model_dir: Path, task: str, calib: list[str], out: 
 
 
 def edgekit_convert(model_dir: Path, name: str, calib: list[str], out: Path, reuse: bool,
-                    examples: tuple[str, str]) -> dict[str, dict[str, Any]]:
+                    examples: tuple[str, str], plan: dict[str, list[str]] = EDGEKIT,
+                    convert: bool = True) -> dict[str, dict[str, Any]]:
     from text_model import _long_examples
 
     import edgekit
@@ -139,11 +140,12 @@ def edgekit_convert(model_dir: Path, name: str, calib: list[str], out: Path, reu
     out.mkdir(parents=True, exist_ok=True)
     calib_file = out / f"{name}-calibration.txt"
     calib_file.write_text("\n".join(" ".join(t.split()) for t in calib) + "\n")
-    _long_examples(examples)  # edgekit's verification needs every feed at 128 tokens (see text_model.py)
+    _long_examples(examples)  # as bench/text_model.py: every verification feed at 128 tokens
     found: dict[str, dict[str, Any]] = {}
-    for fmt, precisions in EDGEKIT.items():
+    for fmt, precisions in plan.items():
         paths = {p: out / f"{name}-{p}{SUFFIX[fmt]}" for p in precisions}
-        if not (reuse and all(Path(str(p) + ".edgekit.json").is_file() for p in paths.values())):
+        done = reuse and all(Path(str(p) + ".edgekit.json").is_file() for p in paths.values())
+        if convert and not done:
             for a in edgekit.convert(str(model_dir), targets=[fmt], precisions=precisions, calib=str(calib_file),
                                      seq_len=128, out=out, name=name, keep_going=True):
                 if a.status != "ok":
@@ -213,7 +215,8 @@ def bench_model(kind: str, model_dir: Path, task: str, py: Path, args: argparse.
     print(f"[{kind}] Optimum export ...", file=sys.stderr, flush=True)
     opt = optimum_export(py, model_dir, task, calib, work / "optimum", args.reuse)
     print(f"[{kind}] edgekit convert ...", file=sys.stderr, flush=True)
-    ek = edgekit_convert(model_dir, kind, calib, work / "edgekit", args.reuse, examples)
+    ek = edgekit_convert(model_dir, kind, calib, work / "edgekit", args.reuse or args.skip_missing, examples,
+                         convert=not args.skip_missing)
     files = {f"edgekit {k}": v for k, v in ek.items()}
     files.update({f"optimum {k}": v for k, v in opt["variants"].items() if "path" in v})
     failed = {f"optimum {k}": v["error"] for k, v in opt["variants"].items() if "error" in v}
@@ -304,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--head-train", type=int, default=600)
     ap.add_argument("--holdout", type=int, default=64)
     ap.add_argument("--cls-items", type=int, default=200)
-    ap.add_argument("--reuse", action="store_true")
+    ap.add_argument("--reuse", action="store_true", help="reuse converted files in --work, convert the rest")
+    ap.add_argument("--skip-missing", action="store_true", help="time only the files in --work, convert nothing")
     ap.add_argument("--out", type=Path, default=HERE / "results")
     add_timing_args(ap, warmup=10, rounds=10, block=10)
     args = ap.parse_args(argv)
