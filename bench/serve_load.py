@@ -443,7 +443,7 @@ def main() -> None:
                          "measured beside this code's, interleaved, in the http and batching parts")
     ap.add_argument("--no-spin", action="store_true",
                     help="onnxruntime without spinning threads, in-process and in every server (-O "
-                         "onnxruntime.spinning=false; a baseline tree needs a runtime that knows the option)")
+                         "onnxruntime.spinning=false)")
     ap.add_argument("--baseline-plain", action="store_true",
                     help="run the baseline without uvloop and httptools (asyncio + h11, as before they were in "
                          "the serve extra)")
