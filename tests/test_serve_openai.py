@@ -187,6 +187,20 @@ def test_a_cancelled_sequence_frees_its_slot_and_logits_wait_for_the_engine(lm: 
         assert m.generate(PROMPT, max_tokens=6, temperature=0.0) == m.generate(PROMPT, max_tokens=6, temperature=0.0)
 
 
+def test_logits_from_threads_take_turns_with_generations_in_flight(lm_q8: Path) -> None:
+    """``logits()`` waits for the engine's sequences to end and admits none meanwhile: from 6
+    threads, generations and logits interleave and each equals its value computed alone."""
+    prompts = ["The council", "A small team", "Researchers found", "Farmers planted"] * 2
+    with edgekit.load(lm_q8, threads=1) as m:
+        alone = [m.generate(p, max_tokens=40, temperature=0.0) for p in prompts]
+        want = m.logits(m.tokenize(PROMPT))
+    with edgekit.load(lm_q8, threads=1, parallel=3) as m, ThreadPoolExecutor(6) as pool:
+        texts = pool.map(lambda p: m.generate(p, max_tokens=40, temperature=0.0), prompts)
+        scores = list(pool.map(lambda _: m.logits(m.tokenize(PROMPT)), range(6)))
+        assert list(texts) == alone and m._engine.busy == 0
+    assert all(np.array_equal(x, want) for x in scores)
+
+
 def test_stop_strings_are_found_across_pieces_and_utf8_is_decoded_whole() -> None:
     from edgekit.runtimes.llamacpp.engine import StopText
 
