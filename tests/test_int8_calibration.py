@@ -96,6 +96,9 @@ def test_prepare_records_what_it_did() -> None:
     assert record["applied"] and record["batchnorm_folded"] == 1 and len(record["cle"]["pairs"]) == 2
     assert record["bias_correction"]["weight_qmax"] == 64  # reduce_range: ORT's 7-bit grid
     assert new.module is not src.module and isinstance(src.module.get_submodule("inner.3"), nn.BatchNorm2d)
+    mlp = resolve_source(nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)), (np.ones((2, 4), np.float32),))
+    same, why = prepare(mlp, "onnx", OnnxOptions(int8_cle=True), None)
+    assert same is mlp and not why["applied"]  # nothing to equalize: no second export
     with pytest.raises(ConfigError):
         OnnxOptions(int8_prep_samples=0)
 
