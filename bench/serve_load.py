@@ -146,8 +146,8 @@ def edgekit_serve(paths: list[Path], port: int, threads: int, *extra: str, unver
     env = None
     if src is not None:
         # PYTHONSAFEPATH: `python -m` would put the working directory (this tree) first on the path;
-        # the tree needs edgekit/runtimes and edgekit/converters links to its own (the editable
-        # install maps those packages to this checkout)
+        # edgekit.runtimes/converters still come from this checkout (the editable install maps them
+        # here) unless the tree links edgekit/runtimes -> ../runtimes (the GGUF part's "before")
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([*plain_uvicorn(), str(src)]), "PYTHONSAFEPATH": "1"}
     return server(cmd + (["--allow-unverified"] if unverified else []), get_ok("/v2/health/ready"), port, env)
 
