@@ -112,3 +112,25 @@ def test_verification_runs_the_original_on_the_parity_rows_only_once_for_every_p
         assert v.outputs[0].cosine > 0.999 and v.metric["top1"] > 0.9
     f16 = arts[0].verification
     assert f16.outputs[0].top1_agreement == 1.0 and f16.outputs[0].min_cosine >= 0.9999
+
+
+def test_the_importance_matrix_skips_the_logits_only_when_the_head_is_not_hooked(llama_dir: Path,
+                                                                                  tmp_path: Path) -> None:
+    from transformers import LlamaForCausalLM
+
+    from edgekit.converters.gguf.imatrix import _last_logits_only, compute_imatrix
+
+    model = LlamaForCausalLM.from_pretrained(llama_dir).eval()
+    ids = np.random.default_rng(1).integers(3, 500, (3, 24))
+    batches = [{"input_ids": ids, "attention_mask": np.ones_like(ids)}]
+    body = {f"model.layers.{i}.{m}.weight": f"blk.{i}.{m}.weight" for i in range(2)
+            for m in ("self_attn.q_proj", "mlp.down_proj")}
+    head = {"lm_head.weight": "output.weight"}
+    assert _last_logits_only(model, []) == {"logits_to_keep": 1}
+    assert _last_logits_only(model, [model.lm_head]) == {}
+    compute_imatrix(model, body, batches, tmp_path / "body.npz")  # the last position's logits only
+    compute_imatrix(model, {**body, **head}, batches, tmp_path / "all.npz")  # every position's
+    a, b = np.load(tmp_path / "body.npz"), np.load(tmp_path / "all.npz")
+    assert sorted(b) == sorted([*body.values(), "output.weight"]) and b["output.weight"].shape == (128,)
+    for name in body.values():
+        np.testing.assert_array_equal(a[name], b[name])  # the same inputs, bit for bit

@@ -47,11 +47,14 @@ def compute_imatrix(model: Any, names: dict[str, str], batches: Iterable[dict[st
             counts[gguf_name] = counts.get(gguf_name, 0) + rows
         return hook
 
+    hooked = []
     for module_name, module in model.named_modules():
         key = f"{module_name}.weight"
         weight = getattr(module, "weight", None)
         if key in names and weight is not None and weight.dim() == 2:
             hooks.append(module.register_forward_hook(hook_for(names[key])))
+            hooked.append(module)
+    options = _last_logits_only(model, hooked)
     tokens = 0
     try:
         with torch.inference_mode():
@@ -59,7 +62,7 @@ def compute_imatrix(model: Any, names: dict[str, str], batches: Iterable[dict[st
                 ids = torch.from_numpy(np.asarray(batch["input_ids"], dtype=np.int64))
                 mask = torch.from_numpy(np.asarray(batch.get("attention_mask", np.ones_like(ids)), dtype=np.int64))
                 state["mask"], state["last"] = mask.bool(), None
-                model(input_ids=ids, attention_mask=mask)
+                model(input_ids=ids, attention_mask=mask, **options)
                 tokens += int(mask.sum())
     finally:
         for h in hooks:
@@ -67,3 +70,19 @@ def compute_imatrix(model: Any, names: dict[str, str], batches: Iterable[dict[st
     arrays = {name: (s / max(counts[name], 1)).numpy().astype(np.float32) for name, s in sums.items()}
     np.savez(out, **arrays)
     return {"tensors": len(arrays), "tokens": tokens}
+
+
+def _last_logits_only(model: Any, hooked: list[Any]) -> dict[str, Any]:
+    """``logits_to_keep=1`` when the output head is not hooked (tied to the embedding, so llama.cpp
+    does not quantize it with the matrix): every hooked input is the same, and the batch's logits,
+    which nobody reads (8 x 128 x 49,152 float32 is 200 MB on SmolLM2), are not computed."""
+    import inspect
+
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None or any(m is head for m in hooked):
+        return {}
+    try:
+        accepted = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return {}
+    return {"logits_to_keep": 1} if "logits_to_keep" in accepted else {}
