@@ -109,8 +109,12 @@ def main(spec_path: str) -> int:
     record: dict[str, Any] = {"versions": {p: version(p) for p in (
         "optimum", "optimum-onnx", "optimum-intel", "transformers", "torch", "onnx", "onnxruntime",
         "openvino", "nncf")}, "variants": {}}
+    done = json.loads((out / "optimum.json").read_text())["variants"] if (out / "optimum.json").is_file() else {}
     for name in spec["variants"]:
         folder = out / name
+        if spec.get("reuse") and Path(done.get(name, {}).get("path", "")).is_file():
+            record["variants"][name] = done[name]  # --reuse: built by an earlier run
+            continue
         t0 = time.perf_counter()
         try:
             route = BUILDERS[name](spec, folder)

@@ -158,7 +158,8 @@ def edgekit_convert(model_dir: Path, name: str, calib: list[str], out: Path, reu
 
 
 def size_of(path: Path) -> int:
-    extra = [path.with_suffix(".bin"), Path(str(path) + ".data")]
+    extra = [path.with_suffix(".bin") if path.suffix == ".xml" else path, Path(str(path) + ".data")]
+    extra = [p for p in extra if p != path]
     return sum(p.stat().st_size for p in [path, *extra] if p.is_file())
 
 
@@ -213,7 +214,7 @@ def bench_model(kind: str, model_dir: Path, task: str, py: Path, args: argparse.
     calib, evaluation, doc, labels, examples = texts_for(kind, args)
     work = args.work / kind
     print(f"[{kind}] Optimum export ...", file=sys.stderr, flush=True)
-    opt = optimum_export(py, model_dir, task, calib, work / "optimum", args.reuse)
+    opt = optimum_export(py, model_dir, task, calib, work / "optimum", args.reuse or args.skip_missing)
     print(f"[{kind}] edgekit convert ...", file=sys.stderr, flush=True)
     ek = edgekit_convert(model_dir, kind, calib, work / "edgekit", args.reuse or args.skip_missing, examples,
                          convert=not args.skip_missing)
