@@ -118,7 +118,7 @@ def test_the_importance_matrix_skips_the_logits_only_when_the_head_is_not_hooked
                                                                                   tmp_path: Path) -> None:
     from transformers import LlamaForCausalLM
 
-    from edgekit.converters.gguf.imatrix import _last_logits_only, compute_imatrix
+    from edgekit.converters.gguf.imatrix import compute_imatrix, last_logits_only
 
     model = LlamaForCausalLM.from_pretrained(llama_dir).eval()
     ids = np.random.default_rng(1).integers(3, 500, (3, 24))
@@ -126,8 +126,8 @@ def test_the_importance_matrix_skips_the_logits_only_when_the_head_is_not_hooked
     body = {f"model.layers.{i}.{m}.weight": f"blk.{i}.{m}.weight" for i in range(2)
             for m in ("self_attn.q_proj", "mlp.down_proj")}
     head = {"lm_head.weight": "output.weight"}
-    assert _last_logits_only(model, []) == {"logits_to_keep": 1}
-    assert _last_logits_only(model, [model.lm_head]) == {}
+    assert last_logits_only(model, []) == {"logits_to_keep": 1}
+    assert last_logits_only(model, [model.lm_head]) == {}
     compute_imatrix(model, body, batches, tmp_path / "body.npz")  # the last position's logits only
     compute_imatrix(model, {**body, **head}, batches, tmp_path / "all.npz")  # every position's
     a, b = np.load(tmp_path / "body.npz"), np.load(tmp_path / "all.npz")

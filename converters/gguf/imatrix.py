@@ -54,7 +54,7 @@ def compute_imatrix(model: Any, names: dict[str, str], batches: Iterable[dict[st
         if key in names and weight is not None and weight.dim() == 2:
             hooks.append(module.register_forward_hook(hook_for(names[key])))
             hooked.append(module)
-    options = _last_logits_only(model, hooked)
+    options = last_logits_only(model, hooked)
     tokens = 0
     try:
         with torch.inference_mode():
@@ -72,7 +72,7 @@ def compute_imatrix(model: Any, names: dict[str, str], batches: Iterable[dict[st
     return {"tensors": len(arrays), "tokens": tokens}
 
 
-def _last_logits_only(model: Any, hooked: list[Any]) -> dict[str, Any]:
+def last_logits_only(model: Any, hooked: list[Any]) -> dict[str, Any]:
     """``logits_to_keep=1`` when the output head is not hooked (tied to the embedding, so llama.cpp
     does not quantize it with the matrix): every hooked input is the same, and the batch's logits,
     which nobody reads (8 x 128 x 49,152 float32 is 200 MB on SmolLM2), are not computed."""
