@@ -321,7 +321,9 @@ def batching(art: Path, threads: int, requests: int, rounds: int, baseline: Path
     with ExitStack() as stack:
         ports = {}
         for src_label, src in srcs.items():
-            for label, extra in modes:
+            # an idle model runs a lone request at once: this code's --no-batch-wait-idle
+            wait = (("on, --no-batch-wait-idle", [*modes[1][1], "--no-batch-wait-idle"]),) if src is None else ()
+            for label, extra in (*modes, *wait):
                 ports[src_label, label] = port = free_port()
                 stack.enter_context(edgekit_serve([art], port, threads, *extra, src=src))
                 load(port, path, bodies[:16], 4)  # warm-up
@@ -471,11 +473,11 @@ def main() -> None:
             print(f"| {r['server']} | {r['batching']} | {r['concurrency']} | {r['rps']:.1f} | {r['p50_ms']:.1f} | "
                   f"{r['p99_ms']:.1f} | {r['failures']} |")
         print()
-        for src in dict.fromkeys(r["server"] for r in rows):
+        for src, mode in dict.fromkeys((r["server"], r["batching"]) for r in rows if r["batching"].startswith("on")):
             off = {r["concurrency"]: r for r in rows if r["server"] == src and r["batching"].startswith("off")}
-            on = {r["concurrency"]: r for r in rows if r["server"] == src and r["batching"].startswith("on")}
-            print(f"{src}, at 16: throughput x{on[16]['rps'] / off[16]['rps']:.2f}, "
-                  f"p99 x{on[16]['p99_ms'] / off[16]['p99_ms']:.2f}")
+            on = {r["concurrency"]: r for r in rows if r["server"] == src and r["batching"] == mode}
+            print(f"{src}, {mode}, at 16: throughput x{on[16]['rps'] / off[16]['rps']:.2f}, "
+                  f"p99 x{on[16]['p99_ms'] / off[16]['p99_ms']:.2f}; at 1: x{on[1]['rps'] / off[1]['rps']:.2f}")
         print(f"(load average after: {os.getloadavg()[0]:.1f})\n")
     if "gguf" not in parts:
         return

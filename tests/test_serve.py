@@ -186,12 +186,24 @@ def test_sixteen_clients_get_batched_and_every_answer_is_right(server: ThreadSer
     ok_before = server.metric("edgekit_requests_total", model=name, endpoint="infer", status="200")
     batches_before = server.metric("edgekit_batch_size_count", model=name)
     rows_before = server.metric("edgekit_batch_size_sum", model=name)
-    pending = []  # tritonclient's own concurrency: 16 connections (the client's concurrency=16)
-    for x in xs:
-        inp = httpclient.InferInput("x", list(x.shape), "FP32")
-        inp.set_data_from_numpy(x)
-        pending.append(client.async_infer(name, [inp], outputs=[httpclient.InferRequestedOutput("logits")]))
-    got = [p.get_result(timeout=TIMEOUT).as_numpy("logits") for p in pending]
+    # 16 threads, each with its own tritonclient (its async_infer, gevent-based, ran the requests one
+    # after another once the module's client had been used: every request was a batch of one)
+    def send(part: list[np.ndarray]) -> list[np.ndarray]:
+        c = httpclient.InferenceServerClient(server.url, network_timeout=TIMEOUT)
+        try:
+            answers = []
+            for x in part:
+                inp = httpclient.InferInput("x", list(x.shape), "FP32")
+                inp.set_data_from_numpy(x)
+                answers.append(c.infer(name, [inp], outputs=[httpclient.InferRequestedOutput("logits")])
+                               .as_numpy("logits"))
+            return answers
+        finally:
+            c.close()
+
+    with ThreadPoolExecutor(16) as pool:
+        parts = list(pool.map(send, [xs[i::16] for i in range(16)]))
+    got = [parts[i % 16][i // 16] for i in range(count)]
     for g, w in zip(got, wants):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
     assert server.metric("edgekit_requests_total", model=name, endpoint="infer", status="200") - ok_before == count

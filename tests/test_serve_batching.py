@@ -41,9 +41,11 @@ class Gate:
             raise AssertionError("the model thread never started the call")
 
 
-def batcher(gate: Gate, *, max_batch: int = 1, timeout_ms: float = 0, queue_size: int = 2) -> tuple[Batcher, ModelThread]:
+def batcher(gate: Gate, *, max_batch: int = 1, timeout_ms: float = 0, queue_size: int = 2,
+            wait_when_idle: bool = True) -> tuple[Batcher, ModelThread]:
     thread = ModelThread("test-model")
-    b = Batcher("m", gate, thread, max_batch=max_batch, timeout_s=timeout_ms / 1000, queue_size=queue_size)
+    b = Batcher("m", gate, thread, max_batch=max_batch, timeout_s=timeout_ms / 1000, queue_size=queue_size,
+                wait_when_idle=wait_when_idle)
     b.start()
     return b, thread
 
@@ -106,12 +108,35 @@ def test_requests_that_can_wait_for_company_are_batched_not_sent_alone() -> None
     async def scenario() -> None:
         gate = Gate()
         gate.release.set()
-        b, thread = batcher(gate, max_batch=4, timeout_ms=2000, queue_size=8)
+        b, thread = batcher(gate, max_batch=4, timeout_ms=2000, queue_size=8, wait_when_idle=True)
         tasks = [asyncio.create_task(b.submit(p, key="k")) for p in (1, 2, 3, 4)]
         answers = await asyncio.wait_for(asyncio.gather(*tasks), WAIT)
         assert gate.calls == [[1, 2, 3, 4]]  # the idle model did not take the first one alone
         assert [a[0] for a in answers] == [10, 20, 30, 40]
         assert all(a[1]["batch_size"] == 4.0 for a in answers)
+        await b.stop()
+        thread.shutdown()
+
+    asyncio.run(scenario())
+
+
+def test_an_idle_model_runs_a_batchable_request_at_once_and_batches_what_queued_meanwhile() -> None:
+    """``--no-batch-wait-idle``: no request waits for company while the model has nothing to do;
+    the ones that arrive while it runs leave together (theirs has run out meanwhile)."""
+    async def scenario() -> None:
+        gate = Gate()
+        b, thread = batcher(gate, max_batch=8, timeout_ms=50, queue_size=8, wait_when_idle=False)
+        first = asyncio.create_task(b.submit(1, key="k"))
+        await gate.running()  # taken alone, at once, although batchable with a 50 ms window
+        rest = [asyncio.create_task(b.submit(p, key="k")) for p in (2, 3, 4)]
+        await settle()
+        await asyncio.sleep(0.06)  # past the window of the queued ones
+        assert gate.calls == [[1]] and b.depth == 3
+        gate.release.set()
+        answers = await asyncio.wait_for(asyncio.gather(first, *rest), WAIT)
+        assert gate.calls == [[1], [2, 3, 4]]
+        assert [a[0] for a in answers] == [10, 20, 30, 40]
+        assert [a[1]["batch_size"] for a in answers] == [1.0, 3.0, 3.0, 3.0]
         await b.stop()
         thread.shutdown()
 

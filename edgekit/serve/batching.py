@@ -9,9 +9,11 @@ that fails is re-run one request at a time, so one bad request fails alone.
 
 A request that could not wait for company anyway (batching off, no batching key, or a full batch
 by itself) and finds the model idle with nothing queued goes to the model's thread at once,
-without a turn through the worker: on a quiet server that is every request. Either way the model
-thread has one call at a time; everything else waits in the bounded queue, where it can still be
-batched.
+without a turn through the worker. With ``wait_when_idle=False`` (``--no-batch-wait-idle``) a
+batchable one does too: no request waits for company while the model has nothing to do, and the
+requests that arrive while it runs leave together when it is free, so batches grow with the load
+by themselves (measured in docs/serving.md). Either way the model thread has one call at a time;
+everything else waits in the bounded queue.
 """
 
 from __future__ import annotations
@@ -114,8 +116,10 @@ class Batcher:
     """Gathers requests for one model into batches; see the module docstring."""
 
     def __init__(self, name: str, run_batch: RunBatch, thread: ModelThread, *, max_batch: int,
-                 timeout_s: float, queue_size: int, on_batch: Callable[[int, int], None] | None = None) -> None:
+                 timeout_s: float, queue_size: int, on_batch: Callable[[int, int], None] | None = None,
+                 wait_when_idle: bool = True) -> None:
         self.name = name
+        self.wait_when_idle = wait_when_idle
         self._run = run_batch
         self._thread = thread
         self.max_batch, self.timeout_s, self.queue_size = max_batch, timeout_s, queue_size
@@ -153,7 +157,7 @@ class Batcher:
             raise Overloaded(f"model {self.name!r} has {len(self._jobs)} requests waiting (the limit)",
                              fix="retry after the Retry-After delay, or start the server with a larger --queue-size")
         direct = (not self._jobs and not self.running and self._worker is not None
-                  and (key is None or rows >= self.max_batch or self.timeout_s <= 0))
+                  and (not self.wait_when_idle or key is None or rows >= self.max_batch or self.timeout_s <= 0))
         if direct:  # nothing to wait for: straight to the model's thread
             self._busy(1)  # until the thread is done with it, even if the request goes away first
             job = _Job(payload, rows, key, self._thread.run(self._one, payload, lambda: self._busy(-1)))

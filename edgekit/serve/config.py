@@ -22,6 +22,10 @@ class ServeConfig:
     port: int = 8000
     max_batch: int = 8  # rows gathered into one run (tensor models with a dynamic batch axis, text tasks)
     batch_timeout_ms: float = 5.0  # how long the first request of a batch waits for company
+    # True: a batchable first request waits up to batch_timeout_ms for company even on an idle
+    # model (as Triton's dynamic batcher does); False: an idle model takes it at once and batches
+    # form from what queues while it runs (lower latency at low load; docs/serving.md)
+    batch_wait_idle: bool = True
     queue_size: int = 64  # requests waiting per model; one more is answered 503 + Retry-After
     request_timeout_s: float = 60.0  # a request waiting or running longer is answered 504
     max_body_bytes: int = 16 * 1024 * 1024

@@ -54,7 +54,7 @@ class ServedModel:
         self._metrics = metrics
         self.batcher = Batcher(self.name, self._run_batch, self._thread, max_batch=config.max_batch,
                                timeout_s=config.batch_timeout_ms / 1000.0, queue_size=config.queue_size,
-                               on_batch=self._observe_batch)
+                               on_batch=self._observe_batch, wait_when_idle=config.batch_wait_idle)
         self.timeout_s = config.request_timeout_s
 
     # -- what routes call ----------------------------------------------------------------------
