@@ -133,6 +133,14 @@ def channel_max(module: Any, names: Iterable[str], feeds: list[tuple]) -> dict[s
             m = out.detach().transpose(0, 1).reshape(out.shape[1], -1).amax(1)
             found[name] = m if name not in found else torch.maximum(found[name], m)
         hooks.append(module.get_submodule(name).register_forward_hook(hook))
+    _run_hooked(module, hooks, feeds)
+    return {k: v.float().numpy() for k, v in found.items()}
+
+
+def _run_hooked(module: Any, hooks: list[Any], feeds: list[tuple]) -> None:
+    """Run ``module`` on every feed (no gradients), then remove ``hooks`` whatever happens."""
+    import torch
+
     try:
         with torch.inference_mode():
             for args in feeds:
@@ -140,7 +148,6 @@ def channel_max(module: Any, names: Iterable[str], feeds: list[tuple]) -> dict[s
     finally:
         for h in hooks:
             h.remove()
-    return {k: v.float().numpy() for k, v in found.items()}
 
 
 def equalize(module: Any, feeds: list[tuple] | None = None, *, iterations: int = 20,
@@ -233,14 +240,7 @@ def correct_bias(module: Any, feeds: list[tuple], qmax: int, *, per_channel: boo
             counts[name] += n
         return hook
 
-    hooks = [m.register_forward_hook(hook_for(n, m)) for n, m in layers.items()]
-    try:
-        with torch.inference_mode():
-            for args in feeds:
-                module(*args)
-    finally:
-        for h in hooks:
-            h.remove()
+    _run_hooked(module, [m.register_forward_hook(hook_for(n, m)) for n, m in layers.items()], feeds)
     shifts = {}
     for name, m in layers.items():
         if not counts[name]:
