@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 from edgekit.runtimes.openvino import AXES_KEY, HINT_KEY
@@ -148,18 +149,26 @@ BITS = {"f64": 64, "f32": 32, "f16": 16, "bf16": 16, "i8": 8, "u8": 8, "f8e4m3":
         "i4": 4, "u4": 4, "nf4": 4}
 
 
-def weight_bits(model: Any) -> dict[int, int]:
-    """Bit width -> weight values stored at it: constants with two or more dimensions above 1 that
+def _weights(model: Any) -> Iterator[tuple[Any, int, list[int]]]:
+    """(constant, bits, shape) of every weight: constants with two or more dimensions above 1 that
     are not zero points or scales (see :mod:`edgekit.optimize.bits`)."""
-    counts: Counter[int] = Counter()
     for op in model.get_ops():
         if op.get_type_name() != "Constant":
             continue
         bits = BITS.get(op.get_output_element_type(0).get_type_name())
         shape = op.get_output_partial_shape(0)
-        if bits is None or shape.is_dynamic or sum(int(d) > 1 for d in shape.to_shape()) < 2 \
-                or _is_zero_point(op):  # a bias reshaped to [1, n] is not a weight
+        if bits is None or shape.is_dynamic:
             continue
+        dims = [int(d) for d in shape.to_shape()]
+        if sum(d > 1 for d in dims) < 2 or _is_zero_point(op):  # a bias reshaped to [1, n] is not a weight
+            continue
+        yield op, bits, dims
+
+
+def weight_bits(model: Any) -> dict[int, int]:
+    """Bit width -> weight values stored at it (:func:`_weights`)."""
+    counts: Counter[int] = Counter()
+    for op, bits, _ in _weights(model):
         counts[bits] += _size(op)
     return dict(counts)
 
@@ -167,12 +176,6 @@ def weight_bits(model: Any) -> dict[int, int]:
 def group_sizes(model: Any) -> dict[str, int]:
     """Group size -> number of 4-bit weight tensors using it: NNCF stores a grouped weight as
     ``[out, groups, group size]`` and a per-channel one as ``[out, in]`` ("-1")."""
-    counts: Counter[str] = Counter()
-    for op in model.get_ops():
-        if op.get_type_name() != "Constant" or BITS.get(op.get_output_element_type(0).get_type_name()) != 4 \
-                or op.get_output_partial_shape(0).is_dynamic or _is_zero_point(op):
-            continue
-        shape = [int(d) for d in op.get_output_partial_shape(0).to_shape()]
-        if sum(d > 1 for d in shape) >= 2:
-            counts[str(shape[-1]) if len(shape) == 3 else "-1"] += 1
+    counts: Counter[str] = Counter(str(shape[-1]) if len(shape) == 3 else "-1"
+                                   for _, bits, shape in _weights(model) if bits == 4)
     return dict(sorted(counts.items(), key=lambda kv: int(kv[0])))

@@ -91,10 +91,8 @@ def _feeds(source: ModelSource, calibration: Any, limit: int) -> list[tuple]:
     import numpy as np
     import torch
 
-    if calibration is None:
-        return [tuple(torch.from_numpy(np.ascontiguousarray(source.example_inputs[n])) for n in source.input_names)]
-    return [tuple(torch.from_numpy(np.ascontiguousarray(b[n])) for n in source.input_names)
-            for b in calibration.take(limit).batches(16)]
+    batches = [source.example_inputs] if calibration is None else calibration.take(limit).batches(16)
+    return [tuple(torch.from_numpy(np.ascontiguousarray(b[n])) for n in source.input_names) for b in batches]
 
 
 def prepared_base(conv: Converter, ctx: BuildContext) -> tuple[Any, BuildContext, dict[str, Any]]:

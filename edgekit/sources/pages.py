@@ -19,6 +19,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 MADV_DONTNEED = 4  # <sys/mman.h> on Linux, every architecture
 _RANGE = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) \S+ \S+ \S+ \S+\s*(.*)$")
@@ -64,14 +65,10 @@ def drop_mapped_pages(paths: Iterable[str | Path]) -> int:
     """Un-map the resident, unmodified pages of every mapping of ``paths`` in this process; the
     bytes of resident memory handed back. Mappings holding a modified page are skipped."""
     import ctypes
-    import ctypes.util
 
     maps = [m for m in mappings(paths) if m.rss and not m.anonymous]
-    if not maps:
-        return 0
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    except OSError:
+    libc = _libc() if maps else None
+    if libc is None:
         return 0
     libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     dropped = 0
@@ -87,13 +84,21 @@ def release_free_heap() -> bool:
     Freed blocks below glibc's mmap threshold (which rises to 32 MB after large frees) stay in the
     heap and count as resident: after llama.cpp verified a SmolLM2 file, about 190 MB of them."""
     import ctypes
-    import ctypes.util
 
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim = libc.malloc_trim
-    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to do
+    trim = getattr(_libc(), "malloc_trim", None)
+    if trim is None:  # not glibc (musl, macOS): nothing to do
         return False
     trim.argtypes = [ctypes.c_size_t]
     trim(0)
     return True
+
+
+def _libc() -> Any:
+    """The C library loaded through ctypes, or None where it cannot be."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None

@@ -338,21 +338,22 @@ class LlamaCppModel(Model):
         ``temperature=0`` decodes greedily; generation ends at ``max_tokens``, a stop string, the
         model's end-of-generation token or the end of the context. Calls from several threads are
         decoded together (load with ``parallel=N`` to run N at once)."""
-        pieces = _Pieces()
-        request = self.start_generation(prompt=prompt, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
-                                        top_k=top_k, stop=stop, seed=seed, on_piece=pieces.put, on_done=pieces.end)
-        return pieces.iterate(request) if stream else "".join(pieces.iterate(request))
+        return self._collect(stream, prompt=prompt, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
+                             top_k=top_k, stop=stop, seed=seed)
 
     def chat(self, messages: Sequence[Mapping[str, str]], max_tokens: int = 256, *, temperature: float = 0.8,
              top_p: float = 0.95, top_k: int = 40, stop: str | Sequence[str] | None = None,
              seed: int | None = None, stream: bool = False) -> str | Iterator[str]:
         """Answer ``messages`` ([{"role": "user", "content": ...}]) formatted with the file's chat
         template: the reply, or with ``stream=True`` an iterator of its pieces."""
+        return self._collect(stream, messages=messages, max_tokens=max_tokens, temperature=temperature,
+                             top_p=top_p, top_k=top_k, stop=stop, seed=seed)
+
+    def _collect(self, stream: bool, **request: Any) -> str | Iterator[str]:
+        """One generation started with :meth:`start_generation`: its pieces as they come, or the text."""
         pieces = _Pieces()
-        request = self.start_generation(messages=messages, max_tokens=max_tokens, temperature=temperature,
-                                        top_p=top_p, top_k=top_k, stop=stop, seed=seed, on_piece=pieces.put,
-                                        on_done=pieces.end)
-        return pieces.iterate(request) if stream else "".join(pieces.iterate(request))
+        started = self.start_generation(on_piece=pieces.put, on_done=pieces.end, **request)
+        return pieces.iterate(started) if stream else "".join(pieces.iterate(started))
 
     def start_generation(self, *, prompt: str | None = None, messages: Sequence[Mapping[str, str]] | None = None,
                          max_tokens: int = 128, temperature: float = 0.8, top_p: float = 0.95, top_k: int = 40,
@@ -377,17 +378,25 @@ class LlamaCppModel(Model):
             raise ConfigError(f"{self.path.name} has no chat template",
                               fix="use generate() with your own prompt format, or convert a model whose "
                               "tokenizer_config.json has a chat_template")
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-        meta = self.header.metadata
-        bos, eos = (meta.get(f"tokenizer.ggml.{k}_token_id") for k in ("bos", "eos"))
-        text = {k: self.detokenize([int(t)], special=True) if t is not None else "" for k, t in (("bos", bos), ("eos", eos))}
-        fmt = Jinja2ChatFormatter(template=self.chat_template, eos_token=text["eos"], bos_token=text["bos"])
-        rendered = fmt(messages=[dict(m) for m in messages])
+        rendered = self._chat_formatter()(messages=[dict(m) for m in messages])
         tokens = list(self._llm.tokenize(rendered.prompt.encode("utf-8"), add_bos=not rendered.added_special,
                                          special=True))
         stops = rendered.stop if isinstance(rendered.stop, list) else [rendered.stop] if rendered.stop else []
         return tokens, [s for s in stops if isinstance(s, str)]
+
+    def _chat_formatter(self) -> Any:
+        """llama-cpp-python's formatter for the file's template, made (the Jinja template compiled)
+        on the first chat request, not on every one."""
+        fmt = getattr(self, "_formatter", None)
+        if fmt is None:
+            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+            meta = self.header.metadata
+            ids = {k: meta.get(f"tokenizer.ggml.{k}_token_id") for k in ("bos", "eos")}
+            text = {k: self.detokenize([int(t)], special=True) if t is not None else "" for k, t in ids.items()}
+            fmt = self._formatter = Jinja2ChatFormatter(template=self.chat_template, eos_token=text["eos"],
+                                                        bos_token=text["bos"])
+        return fmt
 
     def _seed(self, seed: int | None) -> int:
         return self._opts.seed if seed is None else seed

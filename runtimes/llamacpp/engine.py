@@ -1,7 +1,7 @@
 """Continuous batching for llama.cpp generation: every sequence in flight advances by one token per
-``llama_decode`` call, all of them in the same batch, and a new request joins at the next step
-(its prompt decoded in the same batch as the others' next tokens) instead of waiting for the
-generations ahead of it to end.
+step (in one ``llama_decode`` call where :meth:`Engine.probe_together` showed that changes no
+logit, else one call per sequence), and a new request joins at the next step (its prompt decoded
+in calls of its own) instead of waiting for the generations ahead of it to end.
 
 Each sequence has its own slot: a ``seq_id`` of a context made with ``n_seq_max`` = slots and a
 split (non-unified) KV cache, so a sequence's cells always start at 0 of its own stream and its
