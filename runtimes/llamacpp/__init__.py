@@ -166,7 +166,8 @@ class LlamaCppModel(Model):
                               n_batch=self.n_batch, n_ctx=self.n_ctx, decode_error=self._decode_error)
         if opts.parallel > 1:  # decode sequences in one call only where that changes no logit
             probe = self.tokenize("The river flows past the old mill") or [0]
-            self._engine.together = self._engine.probe_together((probe * 3)[:8])
+            tokens = (probe * 3)[:8]
+            self._engine.together = self._engine.call(lambda: self._engine.probe_together(tokens))
         self._gpu_layers_used = gpu_layers
         ids = TensorSpec("input_ids", "int64", ("batch", "sequence"))
         mask = TensorSpec("attention_mask", "int64", ("batch", "sequence"))
@@ -255,7 +256,8 @@ class LlamaCppModel(Model):
         ids = np.asarray(tokens, dtype=np.int64).reshape(-1)
         self._check_tokens(ids)
         out = np.empty((ids.size, self.n_vocab), dtype=np.float32)
-        with self._turns, self._engine.exclusive():  # one llama.cpp context: calls take turns
+
+        def compute() -> None:
             self._clear()
             try:
                 for start in range(0, ids.size, self.n_batch):
@@ -265,6 +267,9 @@ class LlamaCppModel(Model):
                     out[start:start + chunk.size] = np.ctypeslib.as_array(ptr, shape=(chunk.size, self.n_vocab))
             finally:
                 self._clear()
+
+        with self._turns, self._engine.exclusive():  # one llama.cpp context: calls take turns
+            self._engine.call(compute)  # on the engine's thread, as all llama.cpp compute (Engine.call)
         return out
 
     def _check_tokens(self, ids: np.ndarray) -> None:
@@ -430,7 +435,8 @@ class LlamaCppModel(Model):
                               fix=f"load with n_ctx={max(n_prompt, n_gen)} or more")
         rng = np.random.default_rng(seed)
         pp, tg = [], []
-        with self._engine.exclusive():
+
+        def measure() -> None:
             for i in range(warmup + repeats):
                 prompt = rng.integers(0, self.n_vocab, size=n_prompt)
                 self._clear()
@@ -448,6 +454,9 @@ class LlamaCppModel(Model):
                     pp.append(n_prompt / pp_s)
                     tg.append(n_gen / tg_s)
             self._clear()
+
+        with self._engine.exclusive():  # on the engine's thread, as all llama.cpp compute
+            self._engine.call(measure)
         m = self.manifest
         return TokenBench(
             artifact=str(self.path), precision=m.precision.value if m else None, device=self.device,

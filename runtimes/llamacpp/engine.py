@@ -22,6 +22,7 @@ import ctypes
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import ModuleType
@@ -127,21 +128,40 @@ class Engine:
         # several sequences' next tokens in one llama_decode (set from probe_together() at load)
         self.together = slots > 1
         self._thread: threading.Thread | None = None
+        self._calls: deque[tuple[Callable[[], Any], Future]] = deque()  # run on this thread (call())
         self._piece = ctypes.create_string_buffer(256)
 
     # -- from any thread ---------------------------------------------------------------------------
     def submit(self, request: Request) -> Request:
         with self._cond:
-            if self._closing:
-                raise RuntimeFailure("the model was closed while a generation was submitted",
-                                     fix="load it again with edgekit.load()")
+            self._open("a generation was submitted")
             request._engine = self
             self._pending.append(request)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name="edgekit-llamacpp-engine", daemon=True)
-                self._thread.start()
             self._cond.notify_all()
         return request
+
+    def call(self, fn: Callable[[], Any]) -> Any:
+        """``fn()`` run on the engine's thread once no sequence is in flight (none is admitted
+        meanwhile), and its result. All llama.cpp compute goes through this thread: ggml's OpenMP
+        workers belong to the thread that computes, and compute from a second thread (a logits
+        call, the load-time probe) left two teams spinning on 2 cores, which halved generation
+        speed afterwards (SmolLM2 Q4_1, 2 threads: ~95 -> ~45 tokens/s)."""
+        if threading.current_thread() is self._thread:
+            return fn()
+        done: Future = Future()
+        with self._cond:
+            self._open("llama.cpp was called")
+            self._calls.append((fn, done))
+            self._cond.notify_all()
+        return done.result()
+
+    def _open(self, what: str) -> None:
+        """Refuse work once closing; start the engine's thread on the first piece of work."""
+        if self._closing:
+            raise RuntimeFailure(f"the model was closed while {what}", fix="load it again with edgekit.load()")
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="edgekit-llamacpp-engine", daemon=True)
+            self._thread.start()
 
     def wake(self) -> None:
         with self._cond:
@@ -177,17 +197,29 @@ class Engine:
             self._finish(r, None, RuntimeFailure("the model was closed during the generation",
                                                  fix="keep the model open until its generations end"))
         self._pending.clear()
+        while self._calls:
+            self._calls.popleft()[1].set_exception(RuntimeFailure("the model was closed during the call",
+                                                                  fix="keep the model open until its calls end"))
 
     # -- the engine's thread -----------------------------------------------------------------------
     def _loop(self) -> None:
         while True:
             with self._cond:
-                while not self._closing and not self._active and (self._exclusive or not self._pending):
+                while not self._closing and not self._active and not self._calls and (
+                        self._exclusive or not self._pending):
                     self._cond.wait()
                 if self._closing:
                     return
-                while self._free and self._pending and not self._exclusive:
+                call = self._calls.popleft() if self._calls and not self._active else None
+                while call is None and self._free and self._pending and not self._exclusive and not self._calls:
                     self._admit(self._pending.popleft())
+            if call is not None:
+                fn, done = call
+                try:
+                    done.set_result(fn())
+                except BaseException as e:  # noqa: BLE001 (raised in the caller's thread)
+                    done.set_exception(e)
+                continue
             try:
                 self._step()
             except Exception as e:  # a failed decode ends every sequence in it, with its error
