@@ -63,6 +63,11 @@ def _children(module: Any) -> Iterator[tuple[str, list[tuple[str, Any]]]]:
             yield prefix, [(prefix + k, c) for k, c in m.named_children()]
 
 
+def _per_out_channel(v: Any, weight: Any) -> Any:
+    """``v`` (one value per output channel) shaped to broadcast over ``weight``'s other axes."""
+    return v.reshape(-1, *[1] * (weight.dim() - 1))
+
+
 def _set_child(module: Any, qualified: str, child: Any) -> None:
     parent_name, _, leaf = qualified.rpartition(".")
     parent = module.get_submodule(parent_name) if parent_name else module
@@ -88,7 +93,7 @@ def fold_batchnorm(module: Any) -> list[str]:
                 beta = bn.bias if bn.affine else torch.zeros_like(bn.running_var)
                 scale = gamma / torch.sqrt(bn.running_var + bn.eps)
                 bias = layer.bias if layer.bias is not None else torch.zeros_like(bn.running_mean)
-                layer.weight.mul_(scale.reshape(-1, *[1] * (layer.weight.dim() - 1)))
+                layer.weight.mul_(_per_out_channel(scale, layer.weight))
                 layer.bias = nn.Parameter((bias - bn.running_mean) * scale + beta)
             _set_child(module, bn_name, nn.Identity())
             folded.append(name)
@@ -186,7 +191,7 @@ def equalize(module: Any, feeds: list[tuple] | None = None, *, iterations: int =
                 peaks[p.first] = peak / s
             st = torch.from_numpy(s).to(w1.dtype)
             with torch.no_grad():
-                c1.weight.div_(st.reshape(-1, *[1] * (w1.dim() - 1)))
+                c1.weight.div_(_per_out_channel(st, w1))
                 if c1.bias is not None:
                     c1.bias.div_(st)
                 for i, (rows, k) in enumerate(index):
@@ -208,7 +213,7 @@ def quantize_weight(w: Any, qmax: int, per_channel: bool = True) -> Any:
     import torch
 
     absmax = w.abs().reshape(w.shape[0], -1).amax(1) if per_channel else w.abs().max().expand(w.shape[0])
-    scale = (absmax.clamp_min(1e-12) / qmax).reshape(-1, *[1] * (w.dim() - 1))
+    scale = _per_out_channel(absmax.clamp_min(1e-12) / qmax, w)
     return torch.clamp(torch.round(w / scale), -qmax, qmax) * scale
 
 
