@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -262,3 +263,66 @@ def test_generation_overload_is_503_with_retry_after(lm: Path) -> None:
         assert srv.server.state.models["lm-fp16"].batcher.depth == 0
     finally:
         srv.stop()
+
+
+LONG = 16384  # a context the tiny model needs seconds to fill (~2,000 tokens/s at the end, 1 thread)
+
+
+def _wait(condition: Any, what: str) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.005)
+
+
+def test_a_client_gone_before_its_answer_stops_the_generation(lm: Path) -> None:
+    """A non-streamed completion or chat whose client closes the connection mid-generation stops
+    there (the server sees ``http.disconnect``), not at max_tokens: the engine made far fewer
+    tokens, its one slot is free for the next request at once, and the request counts as 499."""
+    srv = ThreadServer([lm], threads=1, queue_size=4, max_tokens_limit=LONG,
+                       load_options={"llamacpp.n_ctx": LONG, "llamacpp.parallel": 1})
+    try:
+        engine = srv.server.state.models["lm-fp16"].model._engine
+        for path, payload in (("/v1/completions", {"prompt": PROMPT}), ("/v1/chat/completions", {"messages": MESSAGES})):
+            before = engine.generated
+            body = json.dumps({"model": "lm-fp16", "max_tokens": LONG, "temperature": 0, **payload})
+            conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=TIMEOUT)
+            conn.request("POST", path, body, {"Content-Type": "application/json"})
+            _wait(lambda b=before: engine.generated > b, "the generation did not start")
+            conn.sock.close()  # gone before the answer
+            conn.close()
+            _wait(lambda: engine.busy == 0, "the generation did not end")
+            made = engine.generated - before
+            assert 0 < made < LONG // 4, made  # the old code ran to the end of the context (16,374 tokens)
+        gone = srv.metric("edgekit_requests_total", model="lm-fp16", endpoint="completions", status="499")
+        assert gone == 1 and srv.metric("edgekit_requests_total", model="lm-fp16", endpoint="chat_completions",
+                                        status="499") == 1
+        client = openai.OpenAI(base_url=f"http://{srv.url}/v1", api_key="unused", timeout=TIMEOUT, max_retries=0)
+        after = engine.generated
+        answer = client.completions.create(model="lm-fp16", prompt=PROMPT, max_tokens=8, temperature=0)
+        assert answer.usage.completion_tokens == engine.generated - after  # nothing else ran meanwhile
+    finally:
+        srv.stop()
+
+
+def test_a_stream_dropped_or_closed_unread_frees_its_slot(lm: Path) -> None:
+    """``generate(..., stream=True)`` starts generating at once; dropping the iterator without ever
+    reading it, or closing it, cancels the generation (a dropped generator never started would not)."""
+    with edgekit.load(lm, threads=1, n_ctx=LONG) as m:
+        engine = m._engine
+        for how in ("drop", "close", "with"):
+            before = engine.generated
+            it = m.generate(PROMPT, max_tokens=LONG, temperature=0.0, stream=True)
+            _wait(lambda b=before: engine.generated > b, "the generation did not start")
+            if how == "drop":
+                del it
+            elif how == "close":
+                it.close()
+                assert list(it) == []
+            else:
+                with it:
+                    assert next(it)
+            _wait(lambda: engine.busy == 0, f"{how}: the generation did not end")
+            assert engine.generated - before < LONG // 4, how
+        want = m.generate(PROMPT, max_tokens=8, temperature=0.0)
+        assert "".join(m.generate(PROMPT, max_tokens=8, temperature=0.0, stream=True)) == want

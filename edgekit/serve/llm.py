@@ -5,8 +5,12 @@
 The model's queue still admits requests: the model's thread waits until the engine has a free
 slot for the request, so requests beyond the slots wait in that bounded queue (503 when full).
 Pieces cross from the engine's thread in bursts: one event-loop wake-up for however many pieces
-arrived meanwhile, not one per piece. A client that goes away cancels its sequence at the next
-step, which frees its slot.
+arrived meanwhile, not one per piece.
+
+A client that goes away cancels its sequence at the engine's next step, which frees its slot, streamed
+or not: one task per request waits on the ASGI receive channel for ``http.disconnect`` (nothing is
+polled per token). Its request is answered (to nobody) and counted as 499, nginx's "client closed
+request".
 """
 
 from __future__ import annotations
@@ -18,12 +22,23 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from edgekit.serve.responses import HTTPError
+
 if TYPE_CHECKING:
     from edgekit.runtimes.llamacpp.engine import Request
     from edgekit.serve.served import ServedModel
 
 # start(on_piece, on_done) -> the engine's request (raises at once for a bad prompt)
 Start = Callable[[Callable[[str], None], Callable[[Any], None]], "Request"]
+Receive = Callable[[], Any]  # the ASGI receive channel (awaitable messages)
+
+
+class ClientGone(HTTPError):
+    """The client closed the connection before its generation ended (answered to nobody)."""
+
+    def __init__(self) -> None:
+        super().__init__(499, "the client closed the connection before the generation ended",
+                         fix="keep the connection open until the answer arrives, or stream it")
 
 
 @dataclass
@@ -88,33 +103,58 @@ class _Channel:
             return pieces, self.done
 
 
+async def _watch(receive: Receive, on_gone: Callable[[], None]) -> None:
+    """Wait for the client to go away (``http.disconnect``; the body was read before), then call
+    ``on_gone``. Awaits the receive channel, so it costs nothing until the connection closes."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    on_gone()
+
+
 async def stream(served: ServedModel, gen: Generation, start: Start, count: Callable[[Generation], None],
-                 timeout_s: float | None) -> AsyncIterator[list[str]]:
+                 timeout_s: float | None, receive: Receive | None = None) -> AsyncIterator[list[str]]:
     """The pieces of one generation, in bursts. The first ``await`` raises at once when the
     model's queue is full or the request is bad (before any byte of a response is sent); a
-    generation running past ``timeout_s`` is cancelled and raises the queue's timeout error."""
+    generation running past ``timeout_s`` is cancelled and raises the queue's timeout error.
+    With ``receive``, a client that disconnects cancels the generation (waiting for a slot or
+    generating) and the stream raises :class:`ClientGone`."""
     loop = asyncio.get_running_loop()
     channel = _Channel(loop, gen)
     deadline = None if timeout_s is None else loop.time() + timeout_s
-
     started: list[Request] = []
+    gone = False
+
+    def leave() -> None:  # in the event loop, when the client has gone
+        nonlocal gone
+        gone = True
+        for r in started:
+            r.cancel()
+        channel.ready.set()
 
     def submit() -> Request:  # in the model's thread: wait there for a slot
+        if gone:
+            raise ClientGone()
         gen.started = time.perf_counter()
         started.append(start(channel.piece, channel.end))
+        if gone:  # left between the check and the append: leave() may not have seen it
+            started[0].cancel()
         started[0].admitted.wait()
         return started[0]
 
+    watcher = asyncio.ensure_future(_watch(receive, leave)) if receive is not None else None
+    timer = None
     try:
-        request, _ = await served.call(submit, timeout_s)
-    except BaseException:
-        for r in started:  # refused, timed out or the client gone while it waited for a slot
-            r.cancel()
-        raise
-    timer = loop.call_at(deadline, channel.ready.set) if deadline is not None else None
-    try:
+        try:
+            request, _ = await served.call(submit, timeout_s)
+        except BaseException:
+            for r in started:  # refused, timed out or the client gone while it waited for a slot
+                r.cancel()
+            raise
+        timer = loop.call_at(deadline, channel.ready.set) if deadline is not None else None
         while True:
             await channel.ready.wait()
+            if gone:
+                raise ClientGone()
             pieces, done = channel.take()
             if pieces:
                 gen.pieces += pieces
@@ -132,6 +172,9 @@ async def stream(served: ServedModel, gen: Generation, start: Start, count: Call
         gen.finish_reason = done.finish_reason or "stop"
         count(gen)
     finally:
+        if watcher is not None:
+            watcher.cancel()
         if timer is not None:
             timer.cancel()
-        request.cancel()  # a client gone or a timeout: the slot is freed at the engine's next step
+        for r in started:
+            r.cancel()  # a client gone or a timeout: the slot is freed at the engine's next step

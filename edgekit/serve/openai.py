@@ -17,7 +17,7 @@ import numpy as np
 from starlette.responses import StreamingResponse
 
 from edgekit.serve.app import guarded, state_of
-from edgekit.serve.llm import Generation, stream
+from edgekit.serve.llm import ClientGone, Generation, stream
 from edgekit.serve.responses import HTTPError, json_response, read_json
 
 if TYPE_CHECKING:
@@ -178,14 +178,14 @@ async def _answer(request: Request, state: ServerState, body: dict[str, Any], ch
                                      (g.finished or 0) - (g.first_piece or g.started))
         state.metrics.observe_stages(served.name, {"inference_ms": ((g.finished or 0) - g.started) * 1000.0})
 
-    pieces = stream(served, gen, start, count, state.config.request_timeout_s)
+    pieces = stream(served, gen, start, count, state.config.request_timeout_s, request.receive)
     ident = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
     first = await _first(pieces)  # errors and 503s surface here, before a response starts
     if body.get("stream"):
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         events = _events(pieces, first, gen, served.name, ident, chat, include_usage)
         return EventStream(events, media_type="text/event-stream", headers={"Cache-Control": "no-store"})
-    async for _ in pieces:
+    async for _ in pieces:  # a client that leaves meanwhile ends it (ClientGone, answered to nobody)
         pass
     return json_response(_final(gen, served.name, ident, chat))
 
@@ -236,6 +236,8 @@ async def _events(pieces: AsyncIterator[list[str]], first: list[str], gen: Gener
             yield burst(first)
         async for texts in pieces:
             yield burst(texts)
+    except ClientGone:
+        return
     finally:
         await pieces.aclose()  # type: ignore[attr-defined]  # a client gone: stop generating now
     yield _event(_chunk(name, ident, chat, None, gen.finish_reason, created))

@@ -357,8 +357,11 @@ class LlamaCppModel(Model):
     def _collect(self, stream: bool, **request: Any) -> str | Iterator[str]:
         """One generation started with :meth:`start_generation`: its pieces as they come, or the text."""
         pieces = _Pieces()
-        started = self.start_generation(on_piece=pieces.put, on_done=pieces.end, **request)
-        return pieces.iterate(started) if stream else "".join(pieces.iterate(started))
+        started = _Stream(pieces, self.start_generation(on_piece=pieces.put, on_done=pieces.end, **request))
+        if stream:
+            return started
+        with started:
+            return "".join(started)
 
     def start_generation(self, *, prompt: str | None = None, messages: Sequence[Mapping[str, str]] | None = None,
                          max_tokens: int = 128, temperature: float = 0.8, top_p: float = 0.95, top_k: int = 40,
@@ -478,23 +481,54 @@ def _stops(stop: str | Sequence[str] | None) -> list[str]:
 
 
 class _Pieces:
-    """The pieces of a generation started without ``on_piece``, for ``generate``/``chat``: an
-    iterator that blocks for the next piece; closing it (or dropping it) cancels the generation."""
+    """Where the engine puts a generation's pieces (``None`` once it ended), for :class:`_Stream`."""
 
     def __init__(self) -> None:
         import queue
 
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self.put = self._queue.put
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.put = self.queue.put
 
     def end(self, request: Request) -> None:
-        self._queue.put(None)
+        self.queue.put(None)
 
-    def iterate(self, request: Request) -> Iterator[str]:
-        try:
-            while (piece := self._queue.get()) is not None:
-                yield piece
-        finally:
-            request.cancel()  # a no-op once it ended
-        if request.error is not None:
-            raise request.error
+
+class _Stream:
+    """The pieces of one generation as they come (``generate``/``chat`` with ``stream=True``): an
+    iterator that blocks for the next piece. Closing it, leaving its ``with`` block, or dropping it
+    (read or not) cancels the generation, which frees its slot at the engine's next step. (A
+    generator would not do: one never started runs no ``finally`` when it is dropped.) The engine
+    holds the request and the :class:`_Pieces`, never this object, so dropping it finalizes it."""
+
+    def __init__(self, pieces: _Pieces, request: Request) -> None:
+        import weakref
+
+        self._queue, self._request, self._ended = pieces.queue, request, False
+        self._cancel = weakref.finalize(self, request.cancel)  # dropped: cancel (a no-op once ended)
+        self._cancel.atexit = False
+
+    def __iter__(self) -> _Stream:
+        return self
+
+    def __next__(self) -> str:
+        if self._ended:
+            raise StopIteration
+        piece = self._queue.get()
+        if piece is None:
+            self._ended = True
+            self._cancel.detach()
+            if self._request.error is not None:
+                raise self._request.error
+            raise StopIteration
+        return piece
+
+    def close(self) -> None:
+        """Stop the generation (its slot freed at the engine's next step); the iterator ends."""
+        self._ended = True
+        self._cancel()
+
+    def __enter__(self) -> _Stream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

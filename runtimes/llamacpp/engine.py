@@ -125,6 +125,7 @@ class Engine:
         self._exclusive = 0
         self._closing = False
         self.peak = 0  # the most sequences in flight at once so far
+        self.generated = 0  # tokens sampled so far, every sequence's (cancelled ones included)
         # several sequences' next tokens in one llama_decode (set from probe_together() at load)
         self.together = slots > 1
         self._thread: threading.Thread | None = None
@@ -205,14 +206,19 @@ class Engine:
     def _loop(self) -> None:
         while True:
             with self._cond:
-                while not self._closing and not self._active and not self._calls and (
-                        self._exclusive or not self._pending):
+                while not self._closing and not self._active and not self._calls and not any(
+                        r.cancelled for r in self._pending) and (self._exclusive or not self._pending):
                     self._cond.wait()
                 if self._closing:
                     return
+                gone = [r for r in self._pending if r.cancelled]  # left while waiting for a slot
+                for r in gone:
+                    self._pending.remove(r)
                 call = self._calls.popleft() if self._calls and not self._active else None
                 while call is None and self._free and self._pending and not self._exclusive and not self._calls:
                     self._admit(self._pending.popleft())
+            for r in gone:
+                self._finish(r, None)
             if call is not None:
                 fn, done = call
                 try:
@@ -309,6 +315,7 @@ class Engine:
         if self._lib.llama_vocab_is_eog(self._vocab, token):
             return self._finish(r, "stop")
         r.completion_tokens += 1
+        self.generated += 1
         n = self._lib.llama_token_to_piece(self._vocab, token, self._piece, len(self._piece), 0, False)
         text, stopped = r._text.push(self._piece.raw[:max(n, 0)])
         if text:
