@@ -133,14 +133,18 @@ def get_ok(path: str) -> Callable[[int], bool]:
     return check
 
 
-NO_SPIN: dict[str, Any] = {}  # --no-spin: {"spinning": False}, for Model.run here and every server
+NO_SPIN: dict[str, Any] = {}  # --no-spin / --spin MODE: {"spinning": MODE}, for Model.run here and every server
+
+
+def spin_note() -> str:
+    return f", onnxruntime spinning={NO_SPIN['spinning']}" if NO_SPIN else ""
 
 
 def edgekit_serve(paths: list[Path], port: int, threads: int, *extra: str, unverified: bool = False,
                   src: Path | None = None) -> Any:
     """``edgekit serve`` through its CLI; ``src``: from another source tree (a checkout of an older
     commit, to measure before and after in one run)."""
-    spin = ["-O", "onnxruntime.spinning=false"] if NO_SPIN else []
+    spin = ["-O", f"onnxruntime.spinning={str(NO_SPIN['spinning']).lower()}"] if NO_SPIN else []
     cmd = [sys.executable, "-m", "edgekit.cli", "serve", *map(str, paths), "--port", str(port),
            "--threads", str(threads), "--queue-size", "256", *spin, *extra]
     env = None
@@ -222,7 +226,8 @@ def stand_in(like: Path) -> Path:
     return out
 
 
-def http_cost(art: Path, threads: int, rounds: int, block: int, baseline: Path | None = None) -> list[dict[str, Any]]:
+def http_cost(art: Path, threads: int, rounds: int, block: int, baseline: Path | None = None,
+              server_spin: tuple[str, ...] = ()) -> list[dict[str, Any]]:
     """For each case (MiniLM at 48 and 128 tokens, the stand-in at 48): p50 of in-process
     ``Model.run`` and of ``POST /v2/.../infer`` on the same tensors, every (case, local/remote,
     server) block interleaved in each round. With ``baseline`` (an older source tree) a second
@@ -244,14 +249,18 @@ def http_cost(art: Path, threads: int, rounds: int, block: int, baseline: Path |
         cases["stand-in (no compute), 48 tokens"] = (f, fake.stem, feeds[48])
         bodies = {c: oip_body(feed) for c, (_, _, feed) in cases.items()}
         srcs: dict[str, Path | None] = {"this code": None, **({"baseline": baseline} if baseline else {})}
+        # --server-spin MODE,...: more servers of this code, each with -O onnxruntime.spinning=MODE
+        spins = {f"this code, server spinning={mode}": mode for mode in server_spin}
+        srcs.update(dict.fromkeys(spins))
         local: dict[str, list[float]] = {c: [] for c in cases}
         remote: dict[tuple[str, str], list[float]] = {(s, c): [] for s in srcs for c in cases}
         with ExitStack() as stack:
             conns = {}
             for label, src in srcs.items():
                 port = free_port()
+                spin = ("-O", f"onnxruntime.spinning={spins[label]}") if label in spins else ()
                 stack.enter_context(edgekit_serve([art, fake], port, threads, "--max-batch", "1", "--batch-timeout-ms",
-                                                  "0", src=src, unverified=True))
+                                                  "0", *spin, src=src, unverified=True))
                 conns[label] = stack.enter_context(contextlib.closing(
                     http.client.HTTPConnection("127.0.0.1", port, timeout=60)))
             for c, (model, name, feed) in cases.items():  # warm every one
@@ -322,7 +331,9 @@ def batching(art: Path, threads: int, requests: int, rounds: int, baseline: Path
         ports = {}
         for src_label, src in srcs.items():
             # an idle model runs a lone request at once: this code's --no-batch-wait-idle
-            wait = (("on, --no-batch-wait-idle", [*modes[1][1], "--no-batch-wait-idle"]),) if src is None else ()
+            # and a text batch is cut into runs of similar length unless --no-batch-regroup
+            wait = (("on, --no-batch-wait-idle", [*modes[1][1], "--no-batch-wait-idle"]),
+                    ("on, --no-batch-regroup", [*modes[1][1], "--no-batch-regroup"])) if src is None else ()
             for label, extra in (*modes, *wait):
                 ports[src_label, label] = port = free_port()
                 stack.enter_context(edgekit_serve([art], port, threads, *extra, src=src))
@@ -446,20 +457,26 @@ def main() -> None:
     ap.add_argument("--no-spin", action="store_true",
                     help="onnxruntime without spinning threads, in-process and in every server (-O "
                          "onnxruntime.spinning=false)")
+    ap.add_argument("--spin", choices=("true", "false", "run"), default=None,
+                    help="onnxruntime's spinning everywhere: run = only during a run (-O onnxruntime.spinning=run)")
+    ap.add_argument("--server-spin", default="",
+                    help="http part: also servers with -O onnxruntime.spinning=MODE, e.g. true,false (in-process "
+                         "Model.run keeps its own setting)")
     ap.add_argument("--baseline-plain", action="store_true",
                     help="run the baseline without uvloop and httptools (asyncio + h11, as before they were in "
                          "the serve extra)")
     args = ap.parse_args()
     if args.baseline_plain:
         os.environ["EDGEKIT_BENCH_PLAIN"] = "1"
-    if args.no_spin:
-        NO_SPIN["spinning"] = False
+    if args.no_spin or args.spin:
+        NO_SPIN["spinning"] = args.spin or False
     parts = set(args.parts.split(","))
     offline_quiet()
     print(f"# edgekit serve on {cpu_model()}, {os.cpu_count()} cores, --threads {args.threads}"
-          f"{', onnxruntime without spinning' if args.no_spin else ''}, load average {os.getloadavg()[0]:.1f}\n")
+          f"{spin_note()}, load average {os.getloadavg()[0]:.1f}\n")
     if "http" in parts:
-        cost = http_cost(minilm_artifact(), args.threads, args.rounds, args.block, args.baseline_src)
+        cost = http_cost(minilm_artifact(), args.threads, args.rounds, args.block, args.baseline_src,
+                         tuple(filter(None, args.server_spin.split(","))))
         print("| server | model, input | in-process Model.run p50 ms | POST /v2/.../infer (binary) p50 ms | "
               "added ms |\n|---|---|---|---|---|")
         for r in cost:

@@ -36,6 +36,9 @@ class OrtModel(Model):
     module = "onnxruntime"
     extra = "onnxruntime"
     concurrent = True  # InferenceSession.run is thread-safe
+    # `edgekit serve`: the pool spins during a run, not after it, when the event loop and the
+    # clients need the cores (-O onnxruntime.spinning=true|false overrides; docs/serving.md)
+    serve_options: dict[str, Any] = {"spinning": "run"}
 
     @classmethod
     def devices(cls) -> dict[Device, list[str]]:
@@ -81,10 +84,12 @@ class OrtModel(Model):
         so.log_severity_level = 3
         if "spinning" in self.options:  # ORT's pool threads spin after a run by default: fast alone,
             # but on a few shared cores (a server's event loop, other processes) they take the CPU others need
-            from edgekit.options import coerce
-
-            spin = coerce(bool, self.options.pop("spinning"), "spinning")
-            so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+            # "run": spin while a run is in progress and stop as soon as it returns, so the pool
+            # does not spin between requests, when a server's event loop and clients need the cores
+            spin = _spinning(self.options.pop("spinning"))
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0" if spin is False else "1")
+            if spin == "run":
+                so.add_session_config_entry("session.force_spinning_stop", "1")
         if self.options:
             raise ConfigError(f"unknown onnxruntime option(s) {sorted(self.options)}",
                               fix="supported: optimization, spinning")
@@ -116,6 +121,19 @@ class OrtModel(Model):
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "providers": self._session.get_providers() if self._session else []}
+
+
+def _spinning(value: Any) -> bool | str:
+    """The ``spinning`` option: true, false, or ``"run"`` (spin during a run, not between runs)."""
+    from edgekit.options import coerce
+
+    if isinstance(value, str) and value.strip().lower() == "run":
+        return "run"
+    try:
+        return coerce(bool, value, "spinning")
+    except ConfigError:
+        raise ConfigError(f"option spinning: expected true, false or run, got {value!r}",
+                          fix="give spinning true or false, or run (spin during a run only)") from None
 
 
 def _spec(node: Any) -> TensorSpec:

@@ -51,3 +51,12 @@ def test_a_spinning_value_that_is_not_a_boolean_is_refused(matmul: Path) -> None
     with pytest.raises(ConfigError, match="spinning") as e:
         edgekit.load(matmul, spinning="sometimes")
     assert e.value.fix and "true or false" in e.value.fix
+
+
+def test_spinning_run_spins_during_a_run_only_and_keeps_the_answers(matmul: Path) -> None:
+    x = np.random.default_rng(2).standard_normal((3, 64)).astype(np.float32)
+    with edgekit.load(matmul, threads=2) as default, edgekit.load(matmul, threads=2, spinning="run") as run:
+        options = run._session.get_session_options()
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+        assert options.get_session_config_entry("session.force_spinning_stop") == "1"
+        np.testing.assert_array_equal(run.run({"x": x})["y"], default.run({"x": x})["y"])

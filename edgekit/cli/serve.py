@@ -21,6 +21,8 @@ from edgekit.cli._common import err, errors, parse_kv
 @click.option("--batch-wait-idle/--no-batch-wait-idle", default=True, show_default=True,
               help="Whether a batchable request waits --batch-timeout-ms for company when the model is idle; "
               "--no-batch-wait-idle runs it at once and batches what arrives meanwhile (lower latency at low load).")
+@click.option("--batch-regroup/--no-batch-regroup", default=True, show_default=True,
+              help="Whether a gathered text batch is split into runs of similar length (less padding).")
 @click.option("--queue-size", default=64, show_default=True,
               help="Requests waiting per model; more are answered 503 with Retry-After.")
 @click.option("--request-timeout", "request_timeout_s", default=60.0, show_default=True,
@@ -36,7 +38,7 @@ from edgekit.cli._common import err, errors, parse_kv
 @click.option("--allow-unverified", is_flag=True,
               help="Also serve model files that have no manifest (their sha256 cannot be checked).")
 def serve(paths: tuple[Path, ...], host: str, port: int, max_batch: int, batch_timeout_ms: float,
-          batch_wait_idle: bool, queue_size: int, request_timeout_s: float, max_body_mb: float, api_key: str | None,
+          batch_wait_idle: bool, batch_regroup: bool, queue_size: int, request_timeout_s: float, max_body_mb: float, api_key: str | None,
           cors: tuple[str, ...], device: str, threads: int | None, load_opts: tuple[str, ...],
           allow_unverified: bool) -> None:
     """Serve every artifact in PATHS (model files or folders of them) over HTTP.
@@ -53,7 +55,7 @@ def serve(paths: tuple[Path, ...], host: str, port: int, max_batch: int, batch_t
 
     with errors():
         config = ServeConfig(host=host, port=port, max_batch=max_batch, batch_timeout_ms=batch_timeout_ms,
-                             batch_wait_idle=batch_wait_idle, queue_size=queue_size, request_timeout_s=request_timeout_s,
+                             batch_wait_idle=batch_wait_idle, batch_regroup=batch_regroup, queue_size=queue_size, request_timeout_s=request_timeout_s,
                              max_body_bytes=int(max_body_mb * 1024 * 1024), api_key=api_key or None,
                              cors_origins=cors, device=device, threads=threads,
                              load_options=dict(parse_kv(load_opts, "-O")))

@@ -66,6 +66,12 @@ class ServerState:
         label = model if any(e.name == model for e in self.entries) else "-"
         self.metrics.child(self.metrics.requests, label, endpoint, str(status)).inc()
 
+    def record(self, model: str, endpoint: str, status: int, started: float, streamed: bool = False) -> None:
+        """Count an answer; a successful non-streamed one also goes into the latency histogram."""
+        if status < 400 and not streamed:
+            self.metrics.child(self.metrics.latency, model, endpoint).observe(time.perf_counter() - started)
+        self.count(model, endpoint, status)
+
 
 def state_of(request: Request) -> ServerState:
     return request.app.state.edgekit
@@ -79,9 +85,7 @@ async def guarded(request: Request, model: str, endpoint: str, handler: Callable
         response = await handler()
     except EdgekitError as e:
         response = error_response(e, state.config.retry_after_s)
-    if response.status_code < 400 and not getattr(response, "body_iterator", None):
-        state.metrics.child(state.metrics.latency, model, endpoint).observe(time.perf_counter() - started)
-    state.count(model, endpoint, response.status_code)
+    state.record(model, endpoint, response.status_code, started, bool(getattr(response, "body_iterator", None)))
     return response
 
 
@@ -99,7 +103,7 @@ class Guard:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        problem = self._refuse(scope["path"], scope["headers"])
+        problem = self.refuse(scope["path"], scope["headers"])
         if problem is None:
             return await self.app(scope, receive, send)
         response = error_response(problem, self.state.config.retry_after_s)
@@ -107,7 +111,8 @@ class Guard:
             response.headers["Connection"] = "close"
         await response(scope, receive, send)
 
-    def _refuse(self, path: str, raw: list[tuple[bytes, bytes]]) -> HTTPError | None:
+    def refuse(self, path: str, raw: list[tuple[bytes, bytes]]) -> HTTPError | None:
+        """Why a request with this path and these raw headers is refused; None to let it in."""
         state = self.state
         wanted = GUARD_HEADERS if self.key is not None else (b"host",)
         headers = {k.lower(): v for k, v in raw if k.lower() in wanted}  # only what is checked
@@ -168,6 +173,7 @@ def create_app(entries: Sequence[Entry], config: ServeConfig | None = None, *,
     from starlette.routing import Route
 
     from edgekit.serve import oip, openai
+    from edgekit.serve.fast import FastInfer
     from edgekit.serve.metrics import Metrics
 
     config = config or ServeConfig()
@@ -202,9 +208,17 @@ def create_app(entries: Sequence[Entry], config: ServeConfig | None = None, *,
                               "fix": "see /v2 (Open Inference Protocol), /v1 (OpenAI) and /metrics"},
                              getattr(exc, "status_code", 404))
 
-    app = Starlette(routes=[*routes, *oip.routes(), *openai.routes(), Route("/metrics", metrics)],
-                    middleware=middleware, lifespan=lifespan,
-                    exception_handlers={404: not_found, 405: not_found})
+    # the hot infer route skips Starlette's layers (edgekit/serve/fast.py); with CORS it may not
+    fast = None if config.cors_origins else FastInfer(state, Guard(None, state))
+
+    class App(Starlette):
+        async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+            if fast is not None and await fast(scope, receive, send):
+                return
+            await super().__call__(scope, receive, send)
+
+    app = App(routes=[*routes, *oip.routes(), *openai.routes(), Route("/metrics", metrics)],
+              middleware=middleware, lifespan=lifespan, exception_handlers={404: not_found, 405: not_found})
     app.state.edgekit = state
     return app
 

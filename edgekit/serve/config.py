@@ -26,6 +26,8 @@ class ServeConfig:
     # model (as Triton's dynamic batcher does); False: an idle model takes it at once and batches
     # form from what queues while it runs (lower latency at low load; docs/serving.md)
     batch_wait_idle: bool = True
+    # True: a gathered text batch runs as length runs padded to their own longest row (buckets.py)
+    batch_regroup: bool = True
     queue_size: int = 64  # requests waiting per model; one more is answered 503 + Retry-After
     request_timeout_s: float = 60.0  # a request waiting or running longer is answered 504
     max_body_bytes: int = 16 * 1024 * 1024

@@ -9,13 +9,14 @@ whose artifact records a task also take text or images as a BYTES input named ``
 
 from __future__ import annotations
 
+import json
 import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgekit.serve.app import guarded, state_of
-from edgekit.serve.responses import HTTPError, json_response, read_body
+from edgekit.serve.responses import HTTPError, json_bytes, json_response, read_body
 from edgekit.serve.tensors import HEADER, datatype_of, decode_inputs, encode_outputs, parse_request, texts_of
 
 if TYPE_CHECKING:
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from starlette.responses import Response
     from starlette.routing import BaseRoute
 
+    from edgekit.serve.app import ServerState
     from edgekit.serve.served import ServedModel
     from edgekit.types import TensorSpec
 
@@ -95,26 +97,38 @@ async def model_ready(request: Request) -> Response:
 
 
 def _version(request: Request) -> None:
-    version = request.path_params.get("version")
+    check_version(request.path_params["name"], request.path_params.get("version"))
+
+
+def check_version(name: str, version: str | None) -> None:
+    """404 unless ``version`` is absent or the one version every served artifact has."""
     if version not in (None, "", VERSION):
-        raise HTTPError(404, f"model {request.path_params['name']!r} has no version {version!r}",
+        raise HTTPError(404, f"model {name!r} has no version {version!r}",
                         fix=f"use version {VERSION} or leave the version out")
 
 
 async def infer(request: Request) -> Response:
     name = request.path_params["name"]
-    return await guarded(request, name, "infer", lambda: _infer(request, name))
+
+    async def answer() -> Response:
+        from starlette.responses import Response
+
+        _version(request)
+        state = state_of(request)
+        served = state.model(name)  # 404/503 before the body is read
+        body = await read_body(request, state.config.max_body_bytes)
+        content, ctype, headers = await answer_infer(state, served, body, request.headers.get(HEADER))
+        return Response(content, media_type=ctype, headers=headers)
+
+    return await guarded(request, name, "infer", answer)
 
 
-async def _infer(request: Request, name: str) -> Response:
-    from starlette.responses import Response
-
-    state = state_of(request)
-    _version(request)
-    served = state.model(name)
+async def answer_infer(state: ServerState, served: ServedModel, body: bytes,
+                       header_length: str | None) -> tuple[bytes, str, dict[str, str] | None]:
+    """An infer request's answer: (body, content type, extra headers). Shared by the Starlette
+    route and the ASGI fast path (:mod:`edgekit.serve.fast`); errors are raised as EdgekitError."""
     t0 = time.perf_counter()
-    body = await read_body(request, state.config.max_body_bytes)
-    req, blob = parse_request(body, request.headers.get(HEADER))
+    req, blob = parse_request(body, header_length)
     arrays = decode_inputs(req, blob)
     params = req.get("parameters") or {}
     decode_ms = (time.perf_counter() - t0) * 1000.0
@@ -124,19 +138,17 @@ async def _infer(request: Request, name: str) -> Response:
     else:
         outputs, timing = await served.infer(arrays)
     timing["preprocess_ms"] = timing.get("preprocess_ms", 0.0) + decode_ms
-    state.metrics.observe_stages(name, timing)
+    state.metrics.observe_stages(served.name, timing)
     outputs = _select(outputs, req.get("outputs"))
     binary = _binary(req, params, outputs)
     tensors, raw = encode_outputs(outputs, binary)
-    answer: dict[str, Any] = {"model_name": name, "model_version": VERSION, "outputs": tensors}
+    answer: dict[str, Any] = {"model_name": served.name, "model_version": VERSION, "outputs": tensors}
     if isinstance(req.get("id"), str):
         answer["id"] = req["id"]
     if not raw:
-        return json_response(answer)
-    import json
-
+        return json_bytes(answer), "application/json", None
     head = json.dumps(answer).encode()
-    return Response(head + raw, media_type="application/octet-stream", headers={HEADER: str(len(head))})
+    return head + raw, "application/octet-stream", {HEADER: str(len(head))}
 
 
 async def _task(served: ServedModel, kind: str, arrays: dict[str, np.ndarray],

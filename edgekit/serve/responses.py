@@ -3,6 +3,7 @@ status that names the kind of problem, and the request body read within the size
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from edgekit.errors import ArtifactError, ConfigError, EdgekitError, InputError, RuntimeFailure
@@ -35,6 +36,13 @@ def status_of(e: EdgekitError) -> int:
     return next(code for cls, code in STATUS if isinstance(e, cls))
 
 
+def json_bytes(data: Any) -> bytes:
+    """``data`` as the bytes Starlette's ``JSONResponse`` sends (compact, UTF-8, no NaN)."""
+    import json
+
+    return json.dumps(data, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")).encode("utf-8")
+
+
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     from starlette.responses import JSONResponse
 
@@ -58,21 +66,25 @@ DRAIN_LIMIT = 64 * 1024 * 1024  # a refused body up to this size is read away, s
 
 async def read_body(request: Request, limit: int) -> bytes:
     """The body, refused with 413 once it passes ``limit`` bytes (declared or streamed)."""
-    declared = request.headers.get("content-length")
+    return await read_chunks(request.stream(), request.headers.get("content-length"), limit)
+
+
+async def read_chunks(chunks: AsyncIterator[bytes], declared: str | None, limit: int) -> bytes:
+    """A body from its ``chunks`` (``declared``: its Content-Length header), 413 past ``limit``."""
     too_big = HTTPError(413, f"the request body is larger than the server's limit: more than {limit:,} bytes",
                         fix="send a smaller request, or start the server with a larger --max-body-mb")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         if int(declared) <= DRAIN_LIMIT:  # a client still sending would see a reset, not the answer
-            async for _ in request.stream():
+            async for _ in chunks:
                 pass
         raise too_big
-    chunks, size = [], 0
-    async for chunk in request.stream():
+    parts, size = [], 0
+    async for chunk in chunks:
         size += len(chunk)
         if size > limit:
             raise too_big
-        chunks.append(chunk)
-    return b"".join(chunks)
+        parts.append(chunk)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 async def read_json(request: Request, limit: int) -> dict[str, Any]:

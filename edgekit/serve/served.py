@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgekit.serve.batching import Batcher, ModelThread
+from edgekit.serve.buckets import regroup, restore
 
 if TYPE_CHECKING:
     from edgekit.runtime import Model
@@ -56,6 +57,9 @@ class ServedModel:
                                timeout_s=config.batch_timeout_ms / 1000.0, queue_size=config.queue_size,
                                on_batch=self._observe_batch, wait_when_idle=config.batch_wait_idle)
         self.timeout_s = config.request_timeout_s
+        # text batches may be cut into length runs only where the sequence axis is dynamic
+        self.regroup = config.batch_regroup and self.pipeline is not None and self.input_kind == "text" \
+            and self.pipeline.fixed_batch is None and all(s.rank == 2 and _dynamic(s.shape[1]) for s in sig.inputs)
 
     # -- what routes call ----------------------------------------------------------------------
     async def infer(self, feed: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], Timing]:
@@ -132,13 +136,19 @@ class ServedModel:
         options = {"top_k": payloads[0][2]} if payloads[0][0] == "classify" else {}
         t0 = time.perf_counter()
         prepared = p.preprocess(items, batch_size=max(len(items), 1))
+        runs = regroup(prepared) if self.regroup else None  # rows by length, each run padded to its own longest
+        if runs is not None:
+            prepared, order = runs
         t1 = time.perf_counter()
         outputs = p.infer(prepared)
         t2 = time.perf_counter()
         answers = p.postprocess(prepared, outputs, **options)
         t3 = time.perf_counter()
-        timing = {"preprocess_ms": _ms(t0, t1), "inference_ms": _ms(t1, t2), "postprocess_ms": _ms(t2, t3)}
+        timing = {"preprocess_ms": _ms(t0, t1), "inference_ms": _ms(t1, t2), "postprocess_ms": _ms(t2, t3),
+                  "calls": float(len(prepared.feeds))}
         tokens = _token_counts(prepared)
+        if runs is not None:
+            answers, tokens = restore(answers, order), restore(tokens, order)
         out, start = [], 0
         for _, batch, _ in payloads:
             n = len(batch)
