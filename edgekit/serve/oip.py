@@ -148,7 +148,7 @@ async def answer_infer(state: ServerState, served: ServedModel, body: bytes,
     if not raw:
         return json_bytes(answer), "application/json", None
     head = json.dumps(answer).encode()
-    return head + raw, "application/octet-stream", {HEADER: str(len(head))}
+    return b"".join([head, *raw]), "application/octet-stream", {HEADER: str(len(head))}
 
 
 async def _task(served: ServedModel, kind: str, arrays: dict[str, np.ndarray],

@@ -176,15 +176,17 @@ def texts_of(name: str, arr: np.ndarray) -> list[str]:
         raise InputError(f"BYTES input {name!r} is not UTF-8 text", fix="send UTF-8 encoded strings") from None
 
 
-def encode_outputs(outputs: Mapping[str, np.ndarray], binary: set[str]) -> tuple[list[dict[str, Any]], bytes]:
-    """Response tensors: JSON ``data`` for most, raw bytes after the JSON for names in ``binary``."""
+def encode_outputs(outputs: Mapping[str, np.ndarray], binary: set[str]) -> tuple[list[dict[str, Any]], list[Any]]:
+    """Response tensors: JSON ``data`` for most, and for names in ``binary`` their raw bytes, as
+    buffers to send after the JSON (``b"".join([head, *raw])``: one copy of the data in all)."""
     tensors, blobs = [], []
     for name, arr in outputs.items():
         arr = np.asarray(arr)
         dtype = datatype_of(arr.dtype)
         entry: dict[str, Any] = {"name": name, "datatype": dtype, "shape": list(arr.shape)}
         if name in binary:
-            raw = _bytes_blob(arr) if dtype == "BYTES" else np.ascontiguousarray(arr, arr.dtype.newbyteorder("<")).tobytes()
+            raw = _bytes_blob(arr) if dtype == "BYTES" else \
+                memoryview(np.ascontiguousarray(arr, arr.dtype.newbyteorder("<"))).cast("B")
             entry["parameters"] = {"binary_data_size": len(raw)}
             blobs.append(raw)
         elif dtype == "BYTES":
@@ -192,7 +194,7 @@ def encode_outputs(outputs: Mapping[str, np.ndarray], binary: set[str]) -> tuple
         else:
             entry["data"] = arr.reshape(-1).tolist()
         tensors.append(entry)
-    return tensors, b"".join(blobs)
+    return tensors, blobs
 
 
 def _bytes_blob(arr: np.ndarray) -> bytes:
