@@ -27,6 +27,7 @@ DATATYPES: dict[str, str] = {
     "FP16": "float16", "FP32": "float32", "FP64": "float64", "BYTES": "object",
 }
 NUMPY_TO_OIP: dict[str, str] = {v: k for k, v in DATATYPES.items() if k != "BYTES"}
+_WIRE: dict[str, np.dtype] = {k: np.dtype(v).newbyteorder("<") for k, v in DATATYPES.items() if k != "BYTES"}
 
 
 def datatype_of(dtype: str | np.dtype) -> str:
@@ -119,13 +120,13 @@ def _from_binary(name: str, raw: bytes | memoryview, dtype: str, shape: list[int
         arr = np.empty(len(items), dtype=object)
         arr[:] = items
     else:
-        dt = np.dtype(DATATYPES[dtype])
-        if len(raw) != _count(shape) * dt.itemsize:
+        wire = _WIRE[dtype]  # the little-endian dtype the binary extension sends
+        if len(raw) != _count(shape) * wire.itemsize:
             raise InputError(f"input {name!r}: {len(raw)} bytes of data for shape {shape} {dtype} "
-                             f"({_count(shape) * dt.itemsize} expected)", fix="make the data match the shape")
-        arr = np.frombuffer(raw, dtype=dt.newbyteorder("<"))
-        if not arr.dtype.isnative:  # a big-endian host: one copy into its own byte order
-            arr = arr.astype(dt)
+                             f"({_count(shape) * wire.itemsize} expected)", fix="make the data match the shape")
+        arr = np.frombuffer(raw, dtype=wire)
+        if not wire.isnative:  # a big-endian host: one copy into its own byte order
+            arr = arr.astype(wire.newbyteorder("="))
     return _reshape(name, arr, shape)
 
 
