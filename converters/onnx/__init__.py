@@ -27,6 +27,8 @@ from edgekit.types import Format, Precision
 # sample's extremes, NNCF's default for activations: one outlier sample no longer sets the range),
 # entropy or percentile (ORT's histogram methods)
 CALIBRATION_METHODS = ("minmax", "mean-minmax", "entropy", "percentile")
+FUSIONS = ("ort", "none")
+FUSION_DEFAULT = "none"
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,13 @@ class OnnxOptions(CalibrationOptions):
     # static int8 quantizes these ops only: quantizing softmax, masked adds or layer norms too
     # cost a 2-layer encoder its agreement (cosine 0.80 -> 0.9998 with this list)
     int8_op_types: tuple[str, ...] = ("Conv", "ConvTranspose", "MatMul", "Gemm", "Gather")
+    # fp32: "ort" swaps the exporter's decomposed attention, LayerNorm and GELU for ONNX Runtime's
+    # fused operators (com.microsoft Attention, SkipLayerNormalization, BiasGelu; onnxscript's
+    # ort_fusions) when an attention block fuses; "none" keeps the exporter's graph. Other precisions
+    # start from the exporter's graph either way. Off by default: on all-MiniLM-L6-v2 it took 0.97-1.00x
+    # the plain graph's CPU time at 2 threads but 1.01-1.03x at 1, never beat Optimum's file beyond
+    # noise, and ties the file to ONNX Runtime's contrib ops (docs/benchmarks.md section 5)
+    fp32_fusion: str = FUSION_DEFAULT
     nodes_to_exclude: tuple[str, ...] = ()
     # PyTorch layer names (encoder.layer.0.output.dense) kept in float: mapped to node names, checked
     exclude_layers: tuple[str, ...] = ()
@@ -66,6 +75,8 @@ class OnnxOptions(CalibrationOptions):
         if self.calibration not in CALIBRATION_METHODS:
             raise ConfigError(f"unknown calibration method {self.calibration!r}",
                               fix=f"use one of {CALIBRATION_METHODS}")
+        if self.fp32_fusion not in FUSIONS:
+            raise ConfigError(f"unknown fp32_fusion {self.fp32_fusion!r}", fix=f"use one of {FUSIONS}")
         if self.int4_accuracy_level not in (0, 1, 2, 3, 4):
             raise ConfigError(f"int4_accuracy_level must be 0 to 4, got {self.int4_accuracy_level}",
                               fix="use 4 (int8 compute, the default) or 0 (unset: fp32 compute)")
@@ -86,6 +97,8 @@ class Base:
     gemm_rewritten: int
     layer_nodes: dict[str, list[str]] = field(default_factory=dict)  # exclude_layers -> node names
     all_layer_nodes: dict[str, list[str]] = field(default_factory=dict)  # every layer -> node names
+    fused: Path | None = None  # fp32 with ONNX Runtime's fused transformer operators, when they applied
+    fusion: dict[str, Any] = field(default_factory=dict)  # what the fusion did, or why it was not used
 
 
 # the exporter's and quantizers' loggers
@@ -152,6 +165,7 @@ class OnnxConverter(Converter):
             onnx_program.save(str(fp32), external_data=external)
         model = onnx.load(str(fp32), load_external_data=False)
         every = excl.layer_nodes(model, program, find_layers(ctx.source))  # for the int8 loop's exclusions
+        fused, fusion = _fuse(model, ctx, external)  # before the intermediate shapes go: the patterns need them
         graph.strip_value_info(model)
         graph.name_dynamic_axes(model, ctx.source.dynamic_axes)
         onnx.save(model, str(fp32))
@@ -166,7 +180,8 @@ class OnnxConverter(Converter):
         _save(full, prepared, external)
         ctx.report("export to ONNX", 2, 2)
         every = excl.renamed(every, full)
-        return Base(fp32, prepared, external, rewritten, {name: every[name] for name in excluded}, every)
+        return Base(fp32, prepared, external, rewritten, {name: every[name] for name in excluded}, every,
+                    fused, fusion)
 
     # -- precisions ----------------------------------------------------------------------
     def build(self, base: Base, precision: Precision, stem: str, ctx: BuildContext) -> Built:
@@ -208,6 +223,32 @@ def _to_onnx(program: Any, ctx: BuildContext, opts: OnnxOptions) -> Any:
         kwargs["opset_version"] = opts.opset
     return torch.onnx.export(program, dynamo=True, input_names=ctx.source.input_names,
                              output_names=ctx.source.output_names, verbose=False, **kwargs)
+
+
+def _fuse(model: Any, ctx: BuildContext, external: bool) -> tuple[Path | None, dict[str, Any]]:
+    """The fp32 graph with ONNX Runtime's fused transformer operators, saved beside the exported
+    one, when ``fp32_fusion=ort`` and an attention block fused; else None and the reason."""
+    import onnx
+
+    if ctx.options.fp32_fusion == "none":
+        return None, {"applied": False, "reason": "-O fp32_fusion=none"}
+    if external:
+        return None, {"applied": False, "reason": "weights above the external-data threshold"}
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    try:
+        fused, counts = graph.fuse_for_ort(copy)
+        graph.strip_value_info(fused)
+        graph.name_dynamic_axes(fused, ctx.source.dynamic_axes)
+        onnx.checker.check_model(fused)
+    except Exception as e:  # onnxscript's rewriter on a graph it does not expect: keep the exporter's
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return None, {"applied": False, "reason": f"onnxscript ort_fusions failed: {first}"}
+    if not graph.ATTENTION_FUSIONS & set(counts):
+        return None, {"applied": False, "reason": "no attention block fused", "fusions": counts}
+    path = ctx.workdir / "fused.onnx"
+    onnx.save(fused, str(path))
+    return path, {"applied": True, "fusions": counts}
 
 
 def _export_error(e: Exception, program: Any) -> ExportError:
@@ -257,8 +298,12 @@ class _Reader:
 def _fp32(conv: OnnxConverter, base: Base, out: Path, ctx: BuildContext) -> tuple[str, dict[str, Any]]:
     import onnx
 
-    _save(onnx.load(str(base.fp32)), out, base.external)
-    return "torch.export + torch.onnx.export(dynamo=True)", {}
+    route = "torch.export + torch.onnx.export(dynamo=True)"
+    if base.fused is None:
+        _save(onnx.load(str(base.fp32)), out, base.external)
+        return route, {"fusion": base.fusion}
+    _save(onnx.load(str(base.fused)), out, base.external)
+    return route + " + onnxscript ort_fusions (ONNX Runtime's fused transformer operators)", {"fusion": base.fusion}
 
 
 @builder(Precision.FP16)

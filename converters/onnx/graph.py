@@ -127,3 +127,19 @@ def weight_bits(model: Any) -> dict[int, int]:
             bits, n = 4, n * 2
         counts[bits] = counts.get(bits, 0) + n
     return counts
+
+
+# onnxscript's fusion names that mean the graph's attention became one ONNX Runtime op
+ATTENTION_FUSIONS = frozenset({"attention", "mha1", "mha2", "gqa", "sdpa_via_mha"})
+
+
+def fuse_for_ort(model: Any) -> tuple[Any, dict[str, int]]:
+    """The exporter's decomposed transformer blocks replaced by ONNX Runtime's fused operators
+    (``com.microsoft`` Attention, SkipLayerNormalization, BiasGelu...) with onnxscript's
+    ``ort_fusions``. The patterns need the exporter's intermediate shapes (run it before
+    :func:`strip_value_info`). Returns the fused model and how many of each fusion applied."""
+    import onnx_ir as ir
+    from onnxscript.rewriter.ort_fusions import optimize_for_ort
+
+    fused, counts = optimize_for_ort(ir.from_proto(model))
+    return ir.to_proto(fused), {name: int(n) for name, n in counts.items() if n}
