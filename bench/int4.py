@@ -102,7 +102,17 @@ def measure(args: argparse.Namespace, paths: dict[str, Path], latency_doc: str, 
             fn()
     print(f"timing {len(runners)} variants: {args.rounds} rounds x {args.block} calls ...", file=sys.stderr,
           flush=True)
-    samples, blocks, foreign = interleaved(runners, args.rounds, args.block)
+    cpu: dict[str, list[int]] = {k: [] for k in runners}  # process CPU time per call (both threads)
+
+    def cpu_timed(key: str, fn: Any) -> Any:
+        def run() -> None:
+            c0 = time.process_time_ns()
+            fn()
+            cpu[key].append(time.process_time_ns() - c0)
+        return run
+
+    samples, blocks, foreign = interleaved({k: cpu_timed(k, fn) for k, fn in runners.items()}, args.rounds,
+                                           args.block)
 
     enc = tok(holdout, padding="max_length", truncation=True, max_length=128, return_tensors="np")
     hfeed = {n: enc[n].astype(np.int64) for n in names}
@@ -115,12 +125,14 @@ def measure(args: argparse.Namespace, paths: dict[str, Path], latency_doc: str, 
         row: dict[str, Any] = {"variant": key}
         if key in blocks:
             kb = np.asarray(blocks[key])
-            row.update(calls=len(samples[key]), p50_ms=round(float(np.median(samples[key])) / 1e6, 3))
+            row.update(calls=len(samples[key]), p50_ms=round(float(np.median(samples[key])) / 1e6, 3),
+                       cpu_p50_ms=round(float(np.median(cpu[key])) / 1e6, 3))
             if eager_blocks is not None:
                 row["round_ratio_to_eager"] = round(float(np.median(kb / eager_blocks)), 3)
         fmt = key.split("-", 1)[0]
         if fmt in fp32_blocks and key in blocks:
             row["round_ratio_to_fp32"] = round(float(np.median(kb / fp32_blocks[fmt])), 3)
+            row["cpu_ratio_to_fp32"] = round(float(np.median(cpu[key]) / np.median(cpu[f"{fmt}-fp32"])), 3)
         if key in models:
             m = models[key]
             hidden = np.concatenate([m.run(c)["last_hidden_state"] for c in chunks])
@@ -137,12 +149,12 @@ def measure(args: argparse.Namespace, paths: dict[str, Path], latency_doc: str, 
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| variant | size MB | p50 ms | round ratio to eager | round ratio to its fp32 | "
-             "emb cos mean | emb cos worst |", "|---|---|---|---|---|---|---|"]
+    lines = ["| variant | size MB | p50 ms | round ratio to eager | round ratio to its fp32 | CPU ratio to its fp32 | "
+             "emb cos mean | emb cos worst |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         size = f"{r['size_bytes'] / 1e6:.1f}" if "size_bytes" in r else "-"
         lines.append(f"| {r['variant']} | {size} | {r.get('p50_ms', '-')} | {r.get('round_ratio_to_eager', '-')} | "
-                     f"{r.get('round_ratio_to_fp32', '-')} | {r.get('emb_cos_mean', 1.0)} | "
+                     f"{r.get('round_ratio_to_fp32', '-')} | {r.get('cpu_ratio_to_fp32', '-')} | {r.get('emb_cos_mean', 1.0)} | "
                      f"{r.get('emb_cos_min', 1.0)} |")
     return "\n".join(lines)
 

@@ -37,7 +37,6 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
 from _common import add_timing_args, cpu_model, offline_quiet  # noqa: E402
-from pruning_sparse import timed_round_robin  # noqa: E402
 
 FORMATS = ("onnx", "openvino", "tflite")
 MAX_DROP = 0.01
@@ -74,9 +73,41 @@ class Setup:
     torch_top1: np.ndarray  # the fp32 PyTorch model's predictions on ``pixels``
 
 
-def setup(model: str, epochs: int, work: Path, eval_items: int) -> Setup:
-    """Train (or reuse) ``model``, write calibration and ``eval_items`` test images with labels."""
+def with_outlier(net: Any, gain: float) -> Any:
+    """``net`` with an input channel of ``gain`` x the range that no layer reads: the same function
+    in float, but one int8 activation range (per tensor) must span both channels, so the image's
+    own channel gets ~255/``gain`` levels. A 1x1 ``spread`` conv writes the image to channel 0 and
+    ``gain`` x the image to channel 1; the first convolution reads channel 0 (its channel-1 weights
+    are zero). Outlier channels of this kind (one channel's range decades above the rest) are what
+    per-tensor minmax activation ranges cannot hold."""
+    from collections import OrderedDict
+
+    import torch
+    from torch import nn
+
+    parent, key, first = next((m, k, c) for m in net.modules() for k, c in m.named_children()
+                              if isinstance(c, nn.Conv2d))
+    wide = nn.Conv2d(2, first.out_channels, first.kernel_size, first.stride, first.padding,
+                     bias=first.bias is not None)
+    spread = nn.Conv2d(1, 2, 1)
+    with torch.no_grad():
+        wide.weight.zero_()
+        wide.weight[:, :1] = first.weight
+        if first.bias is not None:
+            wide.bias.copy_(first.bias)
+        spread.weight.copy_(torch.tensor([1.0, gain]).reshape(2, 1, 1, 1))
+        spread.bias.zero_()
+    setattr(parent, key, wide)
+    return nn.Sequential(OrderedDict(spread=spread, net=net)).eval()  # layer names "spread", "net.0", ...
+
+
+def setup(model: str, epochs: int, work: Path, eval_items: int, outlier: float = 0.0) -> Setup:
+    """Train (or reuse) ``model``, write calibration and ``eval_items`` test images with labels;
+    ``outlier`` > 0 wraps the trained model by :func:`with_outlier`."""
+    import importlib
+
     from edgekit.sources import resolve_source
+    from edgekit.sources.factory import load_state_dict
     from samples.image_classifier import convert_kwargs, write_data
 
     factory, name, train = MODELS[model]
@@ -89,10 +120,19 @@ def setup(model: str, epochs: int, work: Path, eval_items: int) -> Setup:
     np.savez(small_eval, pixels=pixels, labels=labels)
     kwargs = convert_kwargs(weights) | {"name": name}
     example = kwargs.pop("example_inputs")
-    src = resolve_source(factory, example, weights=weights, input_names=["pixels"], output_names=["logits"])
+    source: Any = factory
+    if outlier > 0:
+        mod, _, attr = factory.partition(":")
+        net = getattr(importlib.import_module(mod), attr)()
+        net.load_state_dict(load_state_dict(weights))
+        source = with_outlier(net.eval(), outlier)
+        kwargs.pop("weights")
+        kwargs["name"] = f"{name}-outlier"
+    src = resolve_source(source, example, weights=kwargs.get("weights"), input_names=["pixels"],
+                         output_names=["logits"])
     top1 = np.concatenate([src.reference({"pixels": pixels[i:i + 250]})["logits"].argmax(1)
                            for i in range(0, len(pixels), 250)])
-    return Setup(factory, example, kwargs, calib_npz, small_eval, pixels, labels, top1)
+    return Setup(source, example, kwargs, calib_npz, small_eval, pixels, labels, top1)
 
 
 def agreement(path: str | Path, s: Setup) -> float:
@@ -105,15 +145,77 @@ def agreement(path: str | Path, s: Setup) -> float:
 
 
 def _variants(formats: list[str]) -> dict[str, tuple[str, str, dict[str, Any]]]:
-    """label -> (format, precision, converter options); ONNX fp32 always (the speed baseline)."""
+    """label -> (format, precision, converter options); ONNX fp32 always (the speed baseline).
+    ``loop`` is edgekit's loop alone (its default target with labelled --eval data: accuracy drop
+    <= 0.01); ``nncf`` is NNCF's accuracy control alone, ``nncf+loop`` both (NNCF first)."""
     out: dict[str, tuple[str, str, dict[str, Any]]] = {"onnx fp32": ("onnx", "fp32", {})}
     for fmt in formats:
         out[f"{fmt} fp32"] = (fmt, "fp32", {})
         out[f"{fmt} int8 plain"] = (fmt, "int8", {"int8_loop": False})
-        out[f"{fmt} int8 loop"] = (fmt, "int8", {"max_accuracy_drop": MAX_DROP})
+        out[f"{fmt} int8 loop"] = (fmt, "int8", {})
     if "openvino" in formats:
         out["openvino int8 nncf"] = ("openvino", "int8", {"max_accuracy_drop": MAX_DROP, "int8_loop": False})
+        out["openvino int8 nncf+loop"] = ("openvino", "int8", {"max_accuracy_drop": MAX_DROP})
     return out
+
+
+def kept_in_float(conv: dict[str, Any]) -> list[str]:
+    """The layers a variant keeps in float: edgekit's loop's PyTorch modules, then NNCF's reverted
+    OpenVINO ops (as their PyTorch module where known)."""
+    kept = list((conv.get("accuracy_loop") or {}).get("excluded") or [])
+    for op, module in ((conv.get("accuracy_control") or {}).get("kept_in_float_modules") or {}).items():
+        name = module or op
+        if name not in kept:
+            kept.append(name)
+    return kept
+
+
+def timed(runners: dict[str, Any], rounds: int, block: dict[str, int]) -> dict[str, dict[str, list[int]]]:
+    """Round robin, the order rotating: ``block[k]`` calls of each runner per round; wall and
+    process CPU time (all threads) per call, in ns."""
+    order = list(runners)
+    out: dict[str, dict[str, list[int]]] = {k: {"wall": [], "cpu": []} for k in order}
+    for r in range(rounds):
+        for k in order[r % len(order):] + order[:r % len(order)]:
+            fn = runners[k]
+            for _ in range(block[k]):
+                w0, c0 = time.perf_counter_ns(), time.process_time_ns()
+                fn()
+                out[k]["cpu"].append(time.process_time_ns() - c0)
+                out[k]["wall"].append(time.perf_counter_ns() - w0)
+    return out
+
+
+def speed(rows: dict[str, dict[str, Any]], s: Setup, batches: list[int], args: argparse.Namespace) -> list[float]:
+    """Time every variant at every batch size in one interleaved run; fills ``rows[label]["speed"]``
+    (per batch: wall and CPU medians per call and per image, ratios to fp32 ONNX Runtime at that
+    batch). Returns the 1-minute load average before and after."""
+    import os
+
+    import edgekit
+
+    load = [os.getloadavg()[0]]
+    models = {label: edgekit.load(r["path"], threads=args.threads) for label, r in rows.items()}
+    runners, block = {}, {}
+    for label, m in models.items():
+        for b in batches:
+            feed = {"pixels": s.pixels[:b]}
+            runners[(label, b)] = lambda m=m, feed=feed: m.run(feed)
+            block[(label, b)] = max(3, round(args.block / b ** 0.5))
+            for _ in range(args.warmup):
+                runners[(label, b)]()
+    got = timed(runners, args.rounds, block)
+    for label, r in rows.items():
+        r["speed"] = {}
+        for b in batches:
+            wall, cpu = (float(np.median(got[(label, b)][c])) / 1e6 for c in ("wall", "cpu"))
+            base_w, base_c = (float(np.median(got[("onnx fp32", b)][c])) / 1e6 for c in ("wall", "cpu"))
+            r["speed"][b] = {"p50_ms": round(wall, 4), "cpu_p50_ms": round(cpu, 4),
+                             "ms_per_image": round(wall / b, 4), "x_onnx_fp32": round(wall / base_w, 3),
+                             "cpu_x_onnx_fp32": round(cpu / base_c, 3), "calls": len(got[(label, b)]["wall"])}
+        models[label].close()
+    load.append(os.getloadavg()[0])
+    return load
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,7 +224,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=2, help="training epochs when no cached weights exist")
     ap.add_argument("--eval-items", type=int, default=1000)
     ap.add_argument("--formats", default=",".join(FORMATS), help="comma separated, of: " + ", ".join(FORMATS))
-    add_timing_args(ap, warmup=30, rounds=20, block=10)
+    ap.add_argument("--outlier", type=float, default=0.0,
+                    help="wrap the model with an unread input channel of this gain (with_outlier; 0: off)")
+    ap.add_argument("--batches", default="1", help="comma separated batch sizes to time (e.g. 1,16,64)")
+    add_timing_args(ap, warmup=5, rounds=20, block=10)
     ap.add_argument("--work", type=Path, default=HERE / "results" / "int8_cnn")
     ap.add_argument("--out", type=Path, default=HERE / "results")
     args = ap.parse_args(argv)
@@ -130,53 +235,46 @@ def main(argv: list[str] | None = None) -> int:
 
     import edgekit
 
-    s = setup(args.model, args.epochs, args.work, args.eval_items)
-
+    batches = [int(b) for b in args.batches.split(",")]
+    s = setup(args.model, args.epochs, args.work, max(args.eval_items, *batches), args.outlier)
+    tag = args.model + (f"_outlier{args.outlier:g}" if args.outlier else "")
     rows: dict[str, dict[str, Any]] = {}
     for label, (fmt, precision, opts) in _variants(args.formats.split(",")).items():
         t0 = time.perf_counter()
         (art,) = edgekit.convert(s.source, s.example, targets=[fmt], precisions=[precision], calib=s.calib,
-                                 eval_data=s.eval_npz, out=args.work / args.model / label.replace(" ", "-"),
+                                 eval_data=s.eval_npz, out=args.work / tag / label.replace(" ", "-"),
                                  options={fmt: opts}, **s.kwargs)
         conv = json.loads(art.manifest_path.read_text())["conversion"]
-        loop = conv.get("accuracy_loop") or {}
         metric = art.verification.metric or {}
         rows[label] = {"format": fmt, "precision": precision, "options": opts, "status": str(art.status),
                        "path": str(art.path), "size_bytes": art.size_bytes, "accuracy": metric.get("value"),
-                       "reference": metric.get("reference"), "route": art.route,
-                       "kept_in_float": loop.get("excluded") or (conv.get("accuracy_control") or {}).get(
-                           "kept_in_float_modules") or [],
-                       "loop_steps": len(loop.get("steps", [])), "convert_s": round(time.perf_counter() - t0, 1),
-                       "top1_agreement": agreement(art.path, s)}
-        print(f"{label}: {rows[label]['status']} accuracy {metric.get('value')} size {art.size_bytes}",
-              file=sys.stderr)
+                       "reference": metric.get("reference"), "route": art.route, "kept_in_float": kept_in_float(conv),
+                       "loop_steps": len((conv.get("accuracy_loop") or {}).get("steps", [])),
+                       "nncf_kept_in_float_ops": (conv.get("accuracy_control") or {}).get("kept_in_float"),
+                       "convert_s": round(time.perf_counter() - t0, 1), "top1_agreement": agreement(art.path, s)}
+        print(f"{label}: {rows[label]['status']} accuracy {metric.get('value')} size {art.size_bytes} "
+              f"kept {rows[label]['kept_in_float']} in {rows[label]['convert_s']} s", file=sys.stderr, flush=True)
 
-    feed = {"pixels": s.pixels[:1]}
-    models = {label: edgekit.load(r["path"], threads=args.threads) for label, r in rows.items()}
-    samples = timed_round_robin({k: m.run for k, m in models.items()}, feed, args.warmup, args.rounds, args.block)
-    base = float(np.median(samples["onnx fp32"]))
-    for label, r in rows.items():
-        r["p50_ms"] = round(float(np.median(samples[label])), 4)
-        r["x_onnx_fp32"] = round(r["p50_ms"] / base, 3)
-        models[label].close()
-
+    load = speed(rows, s, batches, args)
     ref = next(r["reference"] for r in rows.values() if r["reference"] is not None)
-    lines = [f"Fashion-MNIST {args.model} CNN, {args.eval_items} test images (fp32 PyTorch accuracy {ref:.4f}); "
-             f"batch 1, {args.threads} threads, {args.rounds} x {args.block} interleaved calls per variant; "
-             f"{cpu_model()}", "",
-             "| variant | status | accuracy | drop (points) | top-1 agreement | size | p50 ms | x fp32 ORT | kept in float |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    head = " | ".join(f"x fp32 ORT b{b} (CPU)" for b in batches)
+    lines = [f"Fashion-MNIST {tag} CNN, {len(s.labels)} test images (fp32 PyTorch accuracy {ref:.4f}); "
+             f"batches {args.batches}, {args.threads} threads, {args.rounds} interleaved rounds; {cpu_model()}; "
+             f"load average {load[0]:.1f} -> {load[1]:.1f}", "",
+             f"| variant | status | accuracy | drop (points) | top-1 agreement | size | convert s | kept in float | "
+             f"ms/image b{batches[0]} | {head} |", "|---|" * 1 + "---|" * (8 + len(batches))]
     for label, r in rows.items():
-        acc = r["accuracy"]
+        acc, sp = r["accuracy"], r["speed"]
+        kept = f"{len(r['kept_in_float'])}: {', '.join(r['kept_in_float'])}" if r["kept_in_float"] else "-"
+        ratios = " | ".join(f"{sp[b]['x_onnx_fp32']:.2f} ({sp[b]['cpu_x_onnx_fp32']:.2f})" for b in batches)
         lines.append(f"| {label} | {r['status']} | {acc:.4f} | {100 * (ref - acc):+.1f} | {r['top1_agreement']:.3f} "
-                     f"| {r['size_bytes'] / 1e3:.0f} kB "
-                     f"| {r['p50_ms']:.3f} | {r['x_onnx_fp32']:.2f} | {', '.join(r['kept_in_float']) or '-'} |")
+                     f"| {r['size_bytes'] / 1e3:.0f} kB | {r['convert_s']:.0f} | {kept} "
+                     f"| {sp[batches[0]]['ms_per_image']:.3f} | {ratios} |")
     print("\n".join(lines))
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"int8_cnn{'' if args.model == 'sample' else '_' + args.model}.json").write_text(json.dumps({"rows": rows, "reference": ref, "cpu": cpu_model(),
-                                                         "settings": vars(args) | {"work": str(args.work),
-                                                                                   "out": str(args.out)}},
-                                                        indent=2, default=str))
+    result = {"rows": rows, "reference": ref, "cpu": cpu_model(), "loadavg_1min": load,
+              "settings": vars(args) | {"work": str(args.work), "out": str(args.out)}}
+    (args.out / f"int8_cnn_{tag}.json").write_text(json.dumps(result, indent=2, default=str))
     return 0
 
 

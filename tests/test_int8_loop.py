@@ -128,6 +128,23 @@ def test_a_lower_target_is_met_without_exclusions(calib: Path, tmp_path: Path) -
     assert loop["target"] == 0.5 and loop["met"] and len(loop["steps"]) == 1 and art.status == "ok"
 
 
+def test_a_layer_over_the_size_budget_is_skipped_and_the_next_tried(calib: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """pw1 (512 weights, the largest conv) ranked first: in float it outgrows 1.01x the plain int8 (1.03x)
+    file, so the loop records it as over the budget and goes on to dw0, which meets the target."""
+    import edgekit.optimize.int8_loop as int8_loop
+
+    monkeypatch.setattr(int8_loop, "_ranking", lambda ctx, reference, exclude: ["pw1", "dw0"])
+    art = _convert(tmp_path, calib, ["onnx"], int8_max_size_ratio=1.01)["onnx"]
+    loop = _conversion(art)["accuracy_loop"]
+    over, last = loop["steps"][1], loop["steps"][2]
+    assert over["excluded"] == ["pw1"] and over["error"] == "over the size budget"
+    assert over["size_bytes"] > 1.01 * loop["steps"][0]["size_bytes"]
+    assert last["excluded"] == ["dw0"] and last["value"] >= 0.98  # pw1 was not kept in float
+    assert loop["met"] and loop["stopped"] == "met" and art.status == "ok"
+    assert _conversion(art)["exclusions"]["applied"] == ["dw0"]
+
+
 def test_loop_options_are_checked() -> None:
     from edgekit.converters.onnx import OnnxOptions
 

@@ -11,8 +11,9 @@ range, ``edgekit.verify.NEAR_TIE``): the ~34 verification samples would otherwis
 coin toss (one sample = 3 points) mark a variant degraded. The layers are ranked once by
 :func:`edgekit.optimize.sensitivity.sensitivity` on the verification's own inputs; each step rebuilds
 from the converter's exported base with one more layer in ``exclude_layers`` (no re-export) until
-the target is met, ``int8_max_exclusions`` layers are out, or the variant outgrows
-``int8_max_size_ratio`` times the plain int8 size. Every step is recorded in the manifest
+the target is met, ``int8_max_exclusions`` layers are tried or no layer is left; a layer whose
+float weights would make the variant outgrow ``int8_max_size_ratio`` times the plain int8 size is
+skipped (recorded), and the next, smaller one tried. Every step is recorded in the manifest
 (``conversion.accuracy_loop``); a variant that ends short of its target is ``degraded``.
 
 >>> edgekit.convert(net, (x,), targets=["onnx"], precisions=["int8"], calib="c.npz",
@@ -46,7 +47,7 @@ class AccuracyOptions:
     int8_loop: bool = True  # static int8: keep sensitive layers in float until the target is met
     int8_target: float | None = None  # None: top-1 agreement 0.98 (classifiers), else worst cosine 0.99
     int8_max_exclusions: int = 8  # at most this many layers kept in float by the loop
-    int8_max_size_ratio: float = 1.5  # stop before the variant outgrows this x the plain int8 size
+    int8_max_size_ratio: float = 1.5  # skip a layer whose float weights outgrow this x the plain int8 size
     # with labelled data (--eval): the largest task-metric drop allowed (0.01 = one accuracy point)
     max_accuracy_drop: float | None = None
 
@@ -163,10 +164,10 @@ def refine(conv: Converter, base: Any, stem: str, ctx: BuildContext, reference: 
             steps.append({"excluded": candidate, "error": e.problem})
             continue
         size = _size(new_built)
-        if size > opts.int8_max_size_ratio * size0:
+        if size > opts.int8_max_size_ratio * size0:  # too big in float: skip it, a smaller layer may do
             steps.append({"excluded": candidate, "size_bytes": size, "error": "over the size budget"})
-            stopped = f"int8_max_size_ratio={opts.int8_max_size_ratio:g} reached"
-            break
+            stopped = f"no layer left within int8_max_size_ratio={opts.int8_max_size_ratio:g}"
+            continue
         v, native = verify(new_built)
         value = goal.value(v, reference)
         steps.append({"excluded": candidate, "value": value, "size_bytes": size,
