@@ -190,6 +190,21 @@ def test_regrouped_runs_are_the_tokenizer_s_own_batches_and_answers_come_back_in
     assert regroup(p.preprocess([TEXTS[0]] * 8, batch_size=8)) is None  # one length: nothing to cut
 
 
+def test_regrouped_embeddings_equal_each_text_alone(emb_dir: Path, tmp_path: Path) -> None:
+    from edgekit.tasks import pipeline_for
+
+    art = convert_fp32(emb_dir, tmp_path, ["onnx"])["onnx"]
+    texts = [TEXTS[i % len(TEXTS)] * (1 + 3 * (i % 3 == 0)) for i in range(9)]
+    with edgekit.load(art, threads=1) as m:
+        p = pipeline_for(m)
+        found = regroup(p.preprocess(texts, batch_size=len(texts)))
+        assert found is not None and len(found[0].feeds) > 1
+        runs, order = found
+        got = restore(p.postprocess(runs, p.infer(runs)), order)
+        want = np.concatenate([m.embed([t]) for t in texts])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_sixteen_texts_batched_over_http_each_get_their_own_answer(servers: dict[str, ThreadServer], clf: Path) -> None:
     srv = servers["fast"]
     texts = [TEXTS[i % len(TEXTS)] * (1 + (i % 5 == 0) * 4) for i in range(32)]
