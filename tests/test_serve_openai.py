@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import edgekit
+from edgekit.errors import InputError
 from tests.conftest import TEXTS, bpe_tokenizer, convert_fp32, save_random_lm
 from tests.test_serve import TIMEOUT, ThreadServer
 
@@ -326,3 +327,22 @@ def test_a_stream_dropped_or_closed_unread_frees_its_slot(lm: Path) -> None:
             assert engine.generated - before < LONG // 4, how
         want = m.generate(PROMPT, max_tokens=8, temperature=0.0)
         assert "".join(m.generate(PROMPT, max_tokens=8, temperature=0.0, stream=True)) == want
+
+
+def test_slots_divide_the_context_unless_told_otherwise(lm: Path) -> None:
+    """``kv_layout``: ``divided`` (the default) gives each of 4 slots n_ctx / 4 within the K/V cells
+    of one n_ctx; ``per-slot`` 4 x the cells, n_ctx each; ``unified`` one n_ctx that all share.
+    (Greedy text beside other sequences equals alone with the default: the tests above.)"""
+    import llama_cpp
+
+    got = {}
+    for layout in ("divided", "per-slot", "unified"):
+        with edgekit.load(lm, threads=1, n_ctx=1024, parallel=4, **({"kv_layout": layout} if layout != "divided"
+                                                                      else {})) as m:
+            got[layout] = (m.describe()["kv_layout"], m.describe()["n_ctx"], llama_cpp.llama_n_ctx(m._ctx))
+            if layout == "divided":
+                with pytest.raises(InputError) as info:
+                    m.generate("the river " * 150, max_tokens=4)
+                assert "n_ctx=" in str(info.value.fix) and "parallel=4" in str(info.value.fix)
+    assert got == {"divided": ("divided", 256, 1024), "per-slot": ("per-slot", 1024, 4096),
+                   "unified": ("unified", 1024, 1024)}

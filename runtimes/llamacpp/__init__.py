@@ -38,31 +38,40 @@ from edgekit.types import Device, Format, Signature, TensorSpec
 DEFAULT_CTX = 4096  # context when the caller gives none (capped at the model's training context)
 # kv_cache option -> ggml type of the K/V cache (llama.cpp's default is f16)
 KV_TYPES: dict[str, int] = {"f32": 0, "f16": 1, "bf16": 30}
+# kv_layout option -> (context cells for n_ctx and p slots, unified K/V?): "divided" splits n_ctx among
+# the slots (each request gets n_ctx / p); "per-slot" gives each slot its own n_ctx (memory x p);
+# "unified" shares one n_ctx cache, but a sequence's cells then lie among the others' and its
+# attention sums in another order: greedy text changed beside other sequences (bench/gguf_kv.py)
+KV_LAYOUTS: dict[str, tuple[Callable[[int, int], int], bool]] = {
+    "divided": (lambda n, p: n, False), "per-slot": (lambda n, p: n * p, False), "unified": (lambda n, p: n, True)}
 
 
 @dataclass(frozen=True)
 class LlamaCppOptions:
     """Load options of the llama.cpp backend (``edgekit.load(path, n_ctx=2048, ...)``)."""
 
-    n_ctx: int | None = None  # context length; None: the model's, at most DEFAULT_CTX
+    n_ctx: int | None = None  # context (the slots divide it: kv_layout); None: the model's, at most DEFAULT_CTX
     n_batch: int = 512  # tokens per decode call (prompt processing chunk)
     n_gpu_layers: int | None = None  # None: all layers on device="gpu", none on "cpu"
     seed: int = 0  # sampling seed of generate()/chat()
     probe: bool = True  # load the file in a child process first (llama.cpp can abort on bad files)
     flash_attn: bool = False
     kv_cache: str = "f16"  # K/V cache type: f16 (llama.cpp's default), bf16, or f32 for exact parity
-    parallel: int = 1  # sequences generated at once (continuous batching); the K/V cache holds n_ctx for each
+    parallel: int = 1  # sequences generated at once (continuous batching)
+    kv_layout: str = "divided"  # the slots' K/V cache (KV_LAYOUTS): divided, per-slot or unified
 
     def __post_init__(self) -> None:
         if self.kv_cache not in KV_TYPES:
             raise ConfigError(f"unknown kv_cache type {self.kv_cache!r}", fix=f"use one of: {', '.join(KV_TYPES)}")
+        if self.kv_layout not in KV_LAYOUTS:
+            raise ConfigError(f"unknown kv_layout {self.kv_layout!r}", fix=f"use one of: {', '.join(KV_LAYOUTS)}")
         if self.n_ctx is not None and self.n_ctx < 8:
             raise ConfigError(f"n_ctx must be at least 8, got {self.n_ctx}", fix="pass e.g. n_ctx=2048")
         if self.n_batch < 1:
             raise ConfigError(f"n_batch must be at least 1, got {self.n_batch}", fix="pass e.g. n_batch=512")
         if not 1 <= self.parallel <= min(self.n_batch, 64):
             raise ConfigError(f"parallel must be from 1 to {min(self.n_batch, 64)}, got {self.parallel}",
-                              fix="pass e.g. parallel=4 (each sequence needs n_ctx of K/V cache)")
+                              fix="pass e.g. parallel=4 (the slots divide n_ctx among them)")
 
 
 @dataclass(frozen=True)
@@ -175,17 +184,19 @@ class LlamaCppModel(Model):
         return Signature((ids, mask), (logits,))
 
     def _context(self, llama_cpp: ModuleType, n_ctx: int, opts: LlamaCppOptions, mark: int) -> Any:
-        """The context everything runs in: ``opts.parallel`` sequences, each with its own K/V stream
-        of ``n_ctx`` cells (split, not unified: a sequence computes as it would alone)."""
+        """The context everything runs in: ``opts.parallel`` sequences laid out in the K/V cache as
+        ``opts.kv_layout`` says (``divided``, the default: each its own stream of ``n_ctx / parallel``
+        cells, so a sequence computes as it would alone, in the memory of one ``n_ctx``)."""
         params = type(self._llm.context_params).from_buffer_copy(self._llm.context_params)
-        params.n_ctx, params.n_seq_max, params.kv_unified = n_ctx * opts.parallel, opts.parallel, False
+        cells, unified = KV_LAYOUTS[opts.kv_layout]
+        params.n_ctx, params.n_seq_max, params.kv_unified = cells(n_ctx, opts.parallel), opts.parallel, unified
         params.n_batch = params.n_ubatch = min(opts.n_batch, n_ctx)
         ctx = llama_cpp.llama_init_from_model(self._llm.model, params)
         if not ctx:
             self._llm.close()
             raise ArtifactError(f"llama.cpp cannot make a context for {self.path.name}: "
                                 f"{LlamaLog.last_error(mark) or 'no reason logged'}",
-                                fix="load with a smaller n_ctx or parallel (each sequence needs n_ctx of K/V cache)")
+                                fix="load with a smaller n_ctx (or parallel, with kv_layout='per-slot')")
         return ctx
 
     def _gpu_layers(self, llama_cpp: ModuleType, opts: LlamaCppOptions) -> int:
@@ -216,7 +227,7 @@ class LlamaCppModel(Model):
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "n_ctx": self.n_ctx, "n_batch": self.n_batch, "kv_cache": self._opts.kv_cache,
-                "parallel": self._opts.parallel, "decode_together": self._engine.together,
+                "parallel": self._opts.parallel, "kv_layout": self._opts.kv_layout, "decode_together": self._engine.together,
                 "n_gpu_layers": self._gpu_layers_used, "architecture": self.header.architecture,
                 "tensor_types": self.header.tensor_types(), "llama_cpp_python": self.version()}
 
@@ -272,12 +283,20 @@ class LlamaCppModel(Model):
             self._engine.call(compute)  # on the engine's thread, as all llama.cpp compute (Engine.call)
         return out
 
+    def _larger_ctx(self, tokens: int) -> str:
+        """How to load so that one request holds ``tokens``: ``divided`` gives each slot n_ctx / parallel."""
+        p = self._opts.parallel
+        if p == 1 or self._opts.kv_layout != "divided":
+            return f"edgekit.load(path, n_ctx={tokens})"
+        return (f"edgekit.load(path, n_ctx={tokens * p}, parallel={p}) (kv_layout 'divided' gives each of the {p} "
+                f"slots n_ctx / {p}; with `edgekit serve`: -O llamacpp.n_ctx={tokens * p})")
+
     def _check_tokens(self, ids: np.ndarray) -> None:
         if self._closed:
             raise ConfigError(f"{self.path.name} was closed", fix="load it again with edgekit.load()")
         if ids.size > self.n_ctx:
             raise InputError(f"{ids.size} tokens do not fit the context of {self.n_ctx}",
-                             fix=f"load with a larger context, edgekit.load(path, n_ctx={ids.size}), "
+                             fix=f"load with a larger context, {self._larger_ctx(ids.size)}, "
                              "or pass fewer tokens")
         if ids.size and (ids.min() < 0 or ids.max() >= self.n_vocab):
             raise InputError(f"token ids must lie in [0, {self.n_vocab}), got {ids.min()}..{ids.max()}",
@@ -375,7 +394,9 @@ class LlamaCppModel(Model):
         self._check_request([t for t in texts if t is not None], max_tokens)
         tokens, stops = (self.tokenize(prompt or ""), []) if messages is None else self._chat_prompt(messages)
         if len(tokens) >= self.n_ctx:
-            raise _too_long(len(tokens), self.n_ctx)
+            raise InputError(f"the prompt is {len(tokens)} tokens, more than the context of {self.n_ctx} holds "
+                             "with room to generate",
+                             fix=f"shorten the prompt, or load with a larger context: {self._larger_ctx(2 * len(tokens))}")
         return self._engine.submit(Request(tokens, max_tokens, Sampling(temperature, top_p, top_k, self._seed(seed)),
                                            [*_stops(stop), *stops], on_piece, on_done))
 
@@ -435,7 +456,7 @@ class LlamaCppModel(Model):
         self._check_open()
         if max(n_prompt, n_gen) > self.n_ctx:
             raise ConfigError(f"n_prompt={n_prompt}/n_gen={n_gen} exceed the context of {self.n_ctx}",
-                              fix=f"load with n_ctx={max(n_prompt, n_gen)} or more")
+                              fix=f"{self._larger_ctx(max(n_prompt, n_gen))} or more")
         rng = np.random.default_rng(seed)
         pp, tg = [], []
 
@@ -467,11 +488,6 @@ class LlamaCppModel(Model):
             pp_tokens_per_s=float(np.mean(pp)), pp_std=float(np.std(pp, ddof=1)) if len(pp) > 1 else 0.0,
             tg_tokens_per_s=float(np.mean(tg)), tg_std=float(np.std(tg, ddof=1)) if len(tg) > 1 else 0.0,
             load_ms=self.load_ms, peak_rss_mb=peak_rss_mb(), size_bytes=self.size_bytes)
-
-
-def _too_long(n: int, n_ctx: int) -> InputError:
-    return InputError(f"the prompt is {n} tokens, more than the context of {n_ctx} holds with room to generate",
-                      fix=f"shorten the prompt, or load with a larger context: edgekit.load(path, n_ctx={2 * n})")
 
 
 def _stops(stop: str | Sequence[str] | None) -> list[str]:
