@@ -346,3 +346,18 @@ def test_slots_divide_the_context_unless_told_otherwise(lm: Path) -> None:
                 assert "n_ctx=" in str(info.value.fix) and "parallel=4" in str(info.value.fix)
     assert got == {"divided": ("divided", 256, 1024), "per-slot": ("per-slot", 1024, 4096),
                    "unified": ("unified", 1024, 1024)}
+
+
+def test_a_full_shared_cache_ends_the_longest_sequence_not_all(lm: Path) -> None:
+    """With ``kv_layout="unified"`` the 4 sequences share 256 cells; when they fill it the longest
+    ends with ``length`` (its cells freed) and the others go on, instead of every one failing."""
+    prompts = ["The council", "A small team", "Researchers found", "Farmers planted"]
+    with edgekit.load(lm, threads=1, n_ctx=256, parallel=4, kv_layout="unified") as m:
+        with m._engine.exclusive():  # admitted together
+            requests = [m.start_generation(prompt=p, max_tokens=200, temperature=0.0, on_piece=lambda _: None)
+                        for p in prompts]
+        assert all(r.done.wait(TIMEOUT) for r in requests)
+        assert [r.error for r in requests] == [None] * 4
+        cut = [r for r in requests if r.finish_reason == "length" and r.completion_tokens < 200]
+        assert cut and sum(r.prompt_tokens + r.completion_tokens for r in requests) > 256
+        assert m._engine.busy == 0 and m.generate(prompts[0], max_tokens=4, temperature=0.0)

@@ -31,6 +31,7 @@ from typing import Any
 from edgekit.errors import RuntimeFailure
 
 MIN_P = 0.05  # llama-cpp-python's default, kept so sampled text matches its sampler chain
+NO_KV_SLOT = 1  # llama_decode's answer when the K/V cache has no room for the batch
 
 
 @dataclass(frozen=True)
@@ -267,12 +268,20 @@ class Engine:
         then a token sampled for every entry that asked for logits."""
         b = self._batch
         for group in groups:
-            for i, (r, tok, pos, logits) in enumerate(group):
-                b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = tok, pos, 1, logits
-                b.seq_id[i][0] = r._slot
-            b.n_tokens = len(group)
-            rc = self._lib.llama_decode(self._ctx, b)
-            if rc != 0:
+            while group:
+                for i, (r, tok, pos, logits) in enumerate(group):
+                    b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = tok, pos, 1, logits
+                    b.seq_id[i][0] = r._slot
+                b.n_tokens = len(group)
+                rc = self._lib.llama_decode(self._ctx, b)
+                if rc != NO_KV_SLOT:
+                    break
+                # a K/V cache the slots share (kv_layout "unified") is full: the longest sequence
+                # ends there, as at the end of its context, and the others go on without it
+                longest = max(group, key=lambda entry: entry[2])[0]
+                self._finish(longest, "length")
+                group = [entry for entry in group if entry[0] is not longest]
+            if group and rc != 0:
                 raise self._decode_error(rc, len(group))
             for i, (r, _, _, logits) in enumerate(group):
                 if logits:
