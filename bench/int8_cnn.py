@@ -9,16 +9,25 @@ edgekit's accuracy-aware loop, against NNCF's ``quantize_with_accuracy_control``
    ``~/.cache/edgekit/bench/fashion-mobilenet/``. ``--epochs`` when it has to train.
 2. Data: 512 training images as calibration, ``--eval-items`` test images with labels as ``--eval``;
    top-1 agreement with the fp32 PyTorch model is measured on the same images.
-3. Per format (ONNX, OpenVINO, TFLite): fp32; static int8 with the loop off (``int8_loop=false``);
-   static int8 with the loop on and ``max_accuracy_drop=0.01`` (the loop's target: within one
-   point of the original's accuracy on the eval data). OpenVINO with ``max_accuracy_drop`` runs
-   NNCF's accuracy control first; ``nncf`` is that alone (loop off).
-4. Accuracy: each artifact's test accuracy as edgekit's verification records it (``--eval``).
-5. Speed: in ONE process every artifact through ``edgekit.load``, batch 1, one test image, timed
-   round-robin (blocks of calls per variant, order rotating), medians; ratios to fp32 ONNX Runtime
-   of the same run.
+3. Per format (ONNX, OpenVINO, TFLite): fp32; static int8 with the loop off (``int8_loop=false``,
+   "plain"); static int8 with edgekit's loop alone ("loop": its default target with labelled
+   ``--eval`` data, accuracy at most one point below the original's). OpenVINO also: NNCF's
+   ``quantize_with_accuracy_control`` alone ("nncf": ``max_accuracy_drop=0.01``, loop off) and
+   both ("nncf+loop": NNCF first, then edgekit's loop checks the result). ``--plain-only``: fp32
+   and plain int8 only, plus ONNX int8 with the quantizer op list of before Relu/Clip were in it
+   ("old ops"), for speed runs.
+4. ``--outlier GAIN``: the trained model behind :func:`with_outlier` (an unread input channel of
+   GAIN x the image: the same function in float, one int8 activation range must span both), a
+   model on which plain static int8 misses the one-point target and layers must go back to float.
+5. Accuracy: each artifact's test accuracy as edgekit's verification records it (``--eval``),
+   top-1 agreement with fp32 PyTorch, the layers kept in float, conversion time.
+6. Speed: in ONE process every artifact through ``edgekit.load`` at each ``--batches`` size
+   (test images), timed round-robin (blocks of calls per variant and batch, order rotating),
+   wall and process CPU time per call, medians; ratios to fp32 ONNX Runtime at the same batch.
 
-    .venv/bin/python bench/int8_cnn.py [--model mobilenet]   # markdown table; JSON in bench/results/int8_cnn[_mobilenet].json
+    .venv/bin/python bench/int8_cnn.py --outlier 40 --eval-items 1000 --rounds 15 --batches 1,16,64
+    .venv/bin/python bench/int8_cnn.py [--model mobilenet] --plain-only --batches 1,16,64
+    # markdown table; JSON in bench/results/int8_cnn_<model>[_outlier40][_plain].json
 """
 
 from __future__ import annotations
@@ -40,6 +49,7 @@ from _common import add_timing_args, cpu_model, offline_quiet  # noqa: E402
 
 FORMATS = ("onnx", "openvino", "tflite")
 MAX_DROP = 0.01
+OLD_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm", "Gather")  # ONNX int8_op_types before Relu, Clip
 
 
 def _train_sample(epochs: int) -> Path:
@@ -144,7 +154,7 @@ def agreement(path: str | Path, s: Setup) -> float:
     return float((got == s.torch_top1).mean())
 
 
-def _variants(formats: list[str]) -> dict[str, tuple[str, str, dict[str, Any]]]:
+def _variants(formats: list[str], plain_only: bool = False) -> dict[str, tuple[str, str, dict[str, Any]]]:
     """label -> (format, precision, converter options); ONNX fp32 always (the speed baseline).
     ``loop`` is edgekit's loop alone (its default target with labelled --eval data: accuracy drop
     <= 0.01); ``nncf`` is NNCF's accuracy control alone, ``nncf+loop`` both (NNCF first)."""
@@ -152,8 +162,11 @@ def _variants(formats: list[str]) -> dict[str, tuple[str, str, dict[str, Any]]]:
     for fmt in formats:
         out[f"{fmt} fp32"] = (fmt, "fp32", {})
         out[f"{fmt} int8 plain"] = (fmt, "int8", {"int8_loop": False})
-        out[f"{fmt} int8 loop"] = (fmt, "int8", {})
-    if "openvino" in formats:
+        if not plain_only:
+            out[f"{fmt} int8 loop"] = (fmt, "int8", {})
+    if "onnx" in formats and plain_only:  # the QDQ placement before Relu/Clip were quantizer op types
+        out["onnx int8 old ops"] = ("onnx", "int8", {"int8_loop": False, "int8_op_types": list(OLD_OPS)})
+    if "openvino" in formats and not plain_only:
         out["openvino int8 nncf"] = ("openvino", "int8", {"max_accuracy_drop": MAX_DROP, "int8_loop": False})
         out["openvino int8 nncf+loop"] = ("openvino", "int8", {"max_accuracy_drop": MAX_DROP})
     return out
@@ -226,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--formats", default=",".join(FORMATS), help="comma separated, of: " + ", ".join(FORMATS))
     ap.add_argument("--outlier", type=float, default=0.0,
                     help="wrap the model with an unread input channel of this gain (with_outlier; 0: off)")
+    ap.add_argument("--plain-only", action="store_true", help="fp32 and plain static int8 only (speed runs)")
     ap.add_argument("--batches", default="1", help="comma separated batch sizes to time (e.g. 1,16,64)")
     add_timing_args(ap, warmup=5, rounds=20, block=10)
     ap.add_argument("--work", type=Path, default=HERE / "results" / "int8_cnn")
@@ -237,9 +251,9 @@ def main(argv: list[str] | None = None) -> int:
 
     batches = [int(b) for b in args.batches.split(",")]
     s = setup(args.model, args.epochs, args.work, max(args.eval_items, *batches), args.outlier)
-    tag = args.model + (f"_outlier{args.outlier:g}" if args.outlier else "")
+    tag = args.model + (f"_outlier{args.outlier:g}" if args.outlier else "") + ("_plain" if args.plain_only else "")
     rows: dict[str, dict[str, Any]] = {}
-    for label, (fmt, precision, opts) in _variants(args.formats.split(",")).items():
+    for label, (fmt, precision, opts) in _variants(args.formats.split(","), args.plain_only).items():
         t0 = time.perf_counter()
         (art,) = edgekit.convert(s.source, s.example, targets=[fmt], precisions=[precision], calib=s.calib,
                                  eval_data=s.eval_npz, out=args.work / tag / label.replace(" ", "-"),
