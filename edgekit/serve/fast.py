@@ -5,7 +5,8 @@ exception middleware, the router and a ``Request``/``Response`` pair, each wrapp
 ``receive`` once more; here the same checks and the same answer (:func:`edgekit.serve.oip.answer_infer`)
 come straight from the ASGI scope. Everything else, and an infer request the guard refuses (bad
 Host, API key, draining), goes on to the Starlette app, which answers as before. Not used when
-CORS is on (the CORS middleware must see every answer).
+CORS is on (the CORS middleware must see every answer). An application route given to
+``create_app`` at an infer path would be shadowed by it.
 """
 
 from __future__ import annotations

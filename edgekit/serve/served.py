@@ -129,8 +129,8 @@ class ServedModel:
         return [({k: parts[k][i] for k in out}, timing) for i in range(len(feeds))]
 
     def _task(self, payloads: list[tuple[str, Any, Any]]) -> list[tuple[Any, Timing]]:
-        """Every request's items through the pipeline as one batch (padded as the pipeline pads),
-        the answers split back by request."""
+        """Every request's items through the pipeline as one batch (padded as the pipeline pads;
+        a text batch in runs of similar length, buckets.py), the answers split back by request."""
         p = self.pipeline
         items = [x for _, batch, _ in payloads for x in batch]
         options = {"top_k": payloads[0][2]} if payloads[0][0] == "classify" else {}
