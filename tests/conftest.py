@@ -326,3 +326,36 @@ def tok_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("tok")
     bpe_tokenizer(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 1-layer Llama with test_gguf's BPE tokenizer and chat template, as f16 GGUF (the LLM serve and
+    engine tests')."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    import edgekit
+
+    tmp = tmp_path_factory.mktemp("lm")
+    (tmp / "tok").mkdir()
+    bpe_tokenizer(tmp / "tok")
+    cfg = LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
+                      bos_token_id=1, eos_token_id=2, pad_token_id=2, architectures=["LlamaForCausalLM"])
+    src = save_random_lm(LlamaForCausalLM(cfg), tmp / "llama", tmp / "tok")
+    (art,) = edgekit.convert(src, targets=["gguf"], precisions=["f16"], out=tmp / "out", name="lm")
+    return art.path
+
+
+@pytest.fixture(scope="session")
+def lm_q8(lm: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same model quantized to Q8_0 by llama.cpp's own quantizer."""
+    import ctypes
+
+    import llama_cpp
+
+    out = tmp_path_factory.mktemp("lm_q8") / "lm-q8_0.gguf"
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype, params.nthread = llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0, 1
+    assert llama_cpp.llama_model_quantize(str(lm).encode(), str(out).encode(), ctypes.byref(params)) == 0
+    return out

@@ -18,8 +18,7 @@ import numpy as np
 import pytest
 
 import edgekit
-from edgekit.errors import InputError
-from tests.conftest import TEXTS, bpe_tokenizer, convert_fp32, save_random_lm
+from tests.conftest import TEXTS, convert_fp32
 from tests.test_serve import TIMEOUT, ThreadServer
 
 openai = pytest.importorskip("openai", reason="pip install openai")
@@ -34,37 +33,6 @@ MESSAGES = [{"role": "user", "content": "How deep is the river?"}]
 @pytest.fixture(scope="module")
 def emb(emb_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return convert_fp32(emb_dir, tmp_path_factory.mktemp("emb_out"), ["onnx"])["onnx"]
-
-
-@pytest.fixture(scope="module")
-def lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 1-layer Llama with test_gguf's BPE tokenizer and chat template, as f16 GGUF."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-
-    tmp = tmp_path_factory.mktemp("lm")
-    (tmp / "tok").mkdir()
-    bpe_tokenizer(tmp / "tok")
-    cfg = LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
-                      bos_token_id=1, eos_token_id=2, pad_token_id=2, architectures=["LlamaForCausalLM"])
-    src = save_random_lm(LlamaForCausalLM(cfg), tmp / "llama", tmp / "tok")
-    (art,) = edgekit.convert(src, targets=["gguf"], precisions=["f16"], out=tmp / "out", name="lm")
-    return art.path
-
-
-@pytest.fixture(scope="module")
-def lm_q8(lm: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The same model quantized to Q8_0 by llama.cpp's own quantizer."""
-    import ctypes
-
-    import llama_cpp
-
-    out = tmp_path_factory.mktemp("lm_q8") / "lm-q8_0.gguf"
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype, params.nthread = llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0, 1
-    assert llama_cpp.llama_model_quantize(str(lm).encode(), str(out).encode(), ctypes.byref(params)) == 0
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -269,7 +237,7 @@ def test_generation_overload_is_503_with_retry_after(lm: Path) -> None:
 LONG = 16384  # a context the tiny model needs seconds to fill (~2,000 tokens/s at the end, 1 thread)
 
 
-def _wait(condition: Any, what: str) -> None:
+def wait_until(condition: Any, what: str) -> None:
     deadline = time.monotonic() + TIMEOUT
     while not condition():
         assert time.monotonic() < deadline, what
@@ -289,10 +257,10 @@ def test_a_client_gone_before_its_answer_stops_the_generation(lm: Path) -> None:
             body = json.dumps({"model": "lm-fp16", "max_tokens": LONG, "temperature": 0, **payload})
             conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=TIMEOUT)
             conn.request("POST", path, body, {"Content-Type": "application/json"})
-            _wait(lambda b=before: engine.generated > b, "the generation did not start")
+            wait_until(lambda b=before: engine.generated > b, "the generation did not start")
             conn.sock.close()  # gone before the answer
             conn.close()
-            _wait(lambda: engine.busy == 0, "the generation did not end")
+            wait_until(lambda: engine.busy == 0, "the generation did not end")
             made = engine.generated - before
             assert 0 < made < LONG // 4, made  # the old code ran to the end of the context (16,374 tokens)
         gone = srv.metric("edgekit_requests_total", model="lm-fp16", endpoint="completions", status="499")
@@ -304,60 +272,3 @@ def test_a_client_gone_before_its_answer_stops_the_generation(lm: Path) -> None:
         assert answer.usage.completion_tokens == engine.generated - after  # nothing else ran meanwhile
     finally:
         srv.stop()
-
-
-def test_a_stream_dropped_or_closed_unread_frees_its_slot(lm: Path) -> None:
-    """``generate(..., stream=True)`` starts generating at once; dropping the iterator without ever
-    reading it, or closing it, cancels the generation (a dropped generator never started would not)."""
-    with edgekit.load(lm, threads=1, n_ctx=LONG) as m:
-        engine = m._engine
-        for how in ("drop", "close", "with"):
-            before = engine.generated
-            it = m.generate(PROMPT, max_tokens=LONG, temperature=0.0, stream=True)
-            _wait(lambda b=before: engine.generated > b, "the generation did not start")
-            if how == "drop":
-                del it
-            elif how == "close":
-                it.close()
-                assert list(it) == []
-            else:
-                with it:
-                    assert next(it)
-            _wait(lambda: engine.busy == 0, f"{how}: the generation did not end")
-            assert engine.generated - before < LONG // 4, how
-        want = m.generate(PROMPT, max_tokens=8, temperature=0.0)
-        assert "".join(m.generate(PROMPT, max_tokens=8, temperature=0.0, stream=True)) == want
-
-
-def test_slots_divide_the_context_unless_told_otherwise(lm: Path) -> None:
-    """``kv_layout``: ``divided`` (the default) gives each of 4 slots n_ctx / 4 within the K/V cells
-    of one n_ctx; ``per-slot`` 4 x the cells, n_ctx each; ``unified`` one n_ctx that all share.
-    (Greedy text beside other sequences equals alone with the default: the tests above.)"""
-    import llama_cpp
-
-    got = {}
-    for layout in ("divided", "per-slot", "unified"):
-        with edgekit.load(lm, threads=1, n_ctx=1024, parallel=4, **({"kv_layout": layout} if layout != "divided"
-                                                                      else {})) as m:
-            got[layout] = (m.describe()["kv_layout"], m.describe()["n_ctx"], llama_cpp.llama_n_ctx(m._ctx))
-            if layout == "divided":
-                with pytest.raises(InputError) as info:
-                    m.generate("the river " * 150, max_tokens=4)
-                assert "n_ctx=" in str(info.value.fix) and "parallel=4" in str(info.value.fix)
-    assert got == {"divided": ("divided", 256, 1024), "per-slot": ("per-slot", 1024, 4096),
-                   "unified": ("unified", 1024, 1024)}
-
-
-def test_a_full_shared_cache_ends_the_longest_sequence_not_all(lm: Path) -> None:
-    """With ``kv_layout="unified"`` the 4 sequences share 256 cells; when they fill it the longest
-    ends with ``length`` (its cells freed) and the others go on, instead of every one failing."""
-    prompts = ["The council", "A small team", "Researchers found", "Farmers planted"]
-    with edgekit.load(lm, threads=1, n_ctx=256, parallel=4, kv_layout="unified") as m:
-        with m._engine.exclusive():  # admitted together
-            requests = [m.start_generation(prompt=p, max_tokens=200, temperature=0.0, on_piece=lambda _: None)
-                        for p in prompts]
-        assert all(r.done.wait(TIMEOUT) for r in requests)
-        assert [r.error for r in requests] == [None] * 4
-        cut = [r for r in requests if r.finish_reason == "length" and r.completion_tokens < 200]
-        assert cut and sum(r.prompt_tokens + r.completion_tokens for r in requests) > 256
-        assert m._engine.busy == 0 and m.generate(prompts[0], max_tokens=4, temperature=0.0)

@@ -31,6 +31,7 @@ import numpy as np
 from edgekit.errors import ArtifactError, ConfigError, DeviceUnavailableError, InputError, RuntimeFailure
 from edgekit.runtime import Model
 from edgekit.runtimes import RUNTIMES
+from edgekit.runtimes.llamacpp import exact
 from edgekit.runtimes.llamacpp.engine import Engine, Request, Sampling
 from edgekit.runtimes.llamacpp.log import LlamaLog, llama_cpp_module
 from edgekit.types import Device, Format, Signature, TensorSpec
@@ -59,6 +60,7 @@ class LlamaCppOptions:
     kv_cache: str = "f16"  # K/V cache type: f16 (llama.cpp's default), bf16, or f32 for exact parity
     parallel: int = 1  # sequences generated at once (continuous batching)
     kv_layout: str = "divided"  # the slots' K/V cache (KV_LAYOUTS): divided, per-slot or unified
+    prompt_cache: bool = True  # a slot keeps its last prompt's K/V for a next prompt that starts the same
 
     def __post_init__(self) -> None:
         if self.kv_cache not in KV_TYPES:
@@ -173,10 +175,11 @@ class LlamaCppModel(Model):
         self._vocab = llama_cpp.llama_model_get_vocab(self._llm.model)
         self._engine = Engine(llama_cpp, self._ctx, self._vocab, self._batch, slots=opts.parallel,
                               n_batch=self.n_batch, n_ctx=self.n_ctx, decode_error=self._decode_error)
+        probe = (self.tokenize("The river flows past the old mill") or [0]) * 3
         if opts.parallel > 1:  # decode sequences in one call only where that changes no logit
-            probe = self.tokenize("The river flows past the old mill") or [0]
-            tokens = (probe * 3)[:8]
-            self._engine.together = self._engine.call(lambda: self._engine.probe_together(tokens))
+            self._engine.together = self._engine.call(lambda: exact.decode_together(self._engine, probe[:8]))
+        if opts.prompt_cache and opts.kv_layout != "unified":  # likewise a slot's kept prompt
+            self._engine.prompt_cache = self._engine.call(lambda: exact.prompt_in_two(self._engine, probe[:16]))
         self._gpu_layers_used = gpu_layers
         ids = TensorSpec("input_ids", "int64", ("batch", "sequence"))
         mask = TensorSpec("attention_mask", "int64", ("batch", "sequence"))
@@ -228,6 +231,7 @@ class LlamaCppModel(Model):
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "n_ctx": self.n_ctx, "n_batch": self.n_batch, "kv_cache": self._opts.kv_cache,
                 "parallel": self._opts.parallel, "kv_layout": self._opts.kv_layout, "decode_together": self._engine.together,
+                "prompt_cache": self._engine.prompt_cache,
                 "n_gpu_layers": self._gpu_layers_used, "architecture": self.header.architecture,
                 "tensor_types": self.header.tensor_types(), "llama_cpp_python": self.version()}
 

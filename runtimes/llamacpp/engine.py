@@ -1,12 +1,17 @@
 """Continuous batching for llama.cpp generation: every sequence in flight advances by one token per
-step (in one ``llama_decode`` call where :meth:`Engine.probe_together` showed that changes no
+step (in one ``llama_decode`` call where :func:`.exact.decode_together` showed that changes no
 logit, else one call per sequence), and a new request joins at the next step (its prompt decoded
 in calls of its own) instead of waiting for the generations ahead of it to end.
 
 Each sequence has its own slot: a ``seq_id`` of a context made with ``n_seq_max`` = slots and a
 split (non-unified) KV cache, so a sequence's cells always start at 0 of its own stream and its
 attention sums the same numbers in the same order as when it runs alone. Greedy text is therefore
-the same whether a request runs alone or beside others (tests check it).
+the same whether a request runs alone or beside others (tests check it). (With the load option
+``kv_layout="unified"`` the slots share one stream instead, and that no longer holds.)
+
+A free slot keeps the K/V of its last prompt (not of the tokens it generated); a new prompt goes
+to the free slot that holds its longest prefix and only the rest is decoded, where
+:func:`.exact.prompt_in_two` showed at load that this changes no logit.
 
 Sampling is llama.cpp's own sampler chain, built as llama-cpp-python builds it (greedy at
 temperature 0; otherwise top-k, typical 1.0, top-p, min-p 0.05, temperature, then a seeded draw),
@@ -110,6 +115,11 @@ class Request:
             self._engine.wake()
 
 
+def _shared(kept: list[int], tokens: list[int]) -> int:
+    """How many tokens ``tokens`` starts with that ``kept`` starts with too."""
+    return next((i for i, (a, b) in enumerate(zip(kept, tokens)) if a != b), min(len(kept), len(tokens)))
+
+
 class Engine:
     """Runs :class:`Request` s in one llama.cpp context (``slots`` sequences at once) from its own
     thread, started on the first request and stopped by :meth:`close`."""
@@ -127,7 +137,11 @@ class Engine:
         self._closing = False
         self.peak = 0  # the most sequences in flight at once so far
         self.generated = 0  # tokens sampled so far, every sequence's (cancelled ones included)
-        # several sequences' next tokens in one llama_decode (set from probe_together() at load)
+        # keep each slot's prompt in its K/V cache for the next request (set from exact.prompt_in_two() at load)
+        self.prompt_cache = False
+        self.reused = 0  # prompt tokens taken from a slot's cache instead of decoded
+        self._kept: list[list[int]] = [[] for _ in range(slots)]  # the prompt tokens each free slot holds
+        # several sequences' next tokens in one llama_decode (set from exact.decode_together() at load)
         self.together = slots > 1
         self._thread: threading.Thread | None = None
         self._calls: deque[tuple[Callable[[], Any], Future]] = deque()  # run on this thread (call())
@@ -182,6 +196,7 @@ class Engine:
             self._exclusive += 1
             while self._active:
                 self._cond.wait()
+            self._kept = [[] for _ in range(self.slots)]  # the caller empties the cache
         try:
             yield
         finally:
@@ -237,11 +252,29 @@ class Engine:
         if r.cancelled:
             self._finish(r, None)
             return
-        r._slot = self._free.pop(0)
+        r._slot = self._slot_for(r.tokens)
+        self._free.remove(r._slot)
+        kept, self._kept[r._slot] = self._kept[r._slot], []
+        if self.prompt_cache:  # the prompt's prefix already in the slot is kept, the rest decoded
+            r._fed = min(_shared(kept, r.tokens), len(r.tokens) - 1)  # at least one token decoded: its logits
+            self._lib.llama_memory_seq_rm(self._lib.llama_get_memory(self._ctx), r._slot, r._fed, -1)
+            self.reused += r._fed
         r._sampler = r.sampling.sampler(self._lib)
         self._active.append(r)
         self.peak = max(self.peak, len(self._active))
         r.admitted.set()
+
+    def _slot_for(self, tokens: list[int]) -> int:
+        """The free slot whose kept prompt shares the longest prefix with ``tokens`` if that is at
+        least half of what it keeps (a chat's next turn: all of it), else the one that keeps the
+        least (an empty one first), so a short match (a BOS token) does not evict a long prompt."""
+        if not self.prompt_cache:
+            return self._free[0]
+        best = max(self._free, key=lambda slot: (_shared(self._kept[slot], tokens), -slot))
+        shared = _shared(self._kept[best], tokens)
+        if shared and 2 * shared >= len(self._kept[best]):
+            return best
+        return min(self._free, key=lambda slot: (len(self._kept[slot]), slot))
 
     def _step(self) -> None:
         """The next chunk of a new sequence's prompt if one waits (cut as it would be alone), else
@@ -287,39 +320,6 @@ class Engine:
                 if logits:
                     self._accept(r, self._lib.llama_sampler_sample(r._sampler, self._ctx, i))
 
-    def probe_together(self, tokens: Sequence[int]) -> bool:
-        """Whether a token decoded beside others (one per slot) gets bit-identical logits to the same
-        token decoded alone, on this build and machine: true for quantized weights (Q4_0, Q4_1, Q8_0
-        here), false for f16/f32 (llama.cpp's float kernels sum a batch of one and a batch of
-        several in different orders: logits differed by 1e-4 to 1e-3). When false, sequences are
-        decoded one call each so greedy text still equals a run alone. Needs an idle engine."""
-        lib, ctx, n = self._lib, self._ctx, len(tokens)
-        mem = lib.llama_get_memory(ctx)
-
-        def logits(seqs: list[int], pos: int, toks: Sequence[int]) -> list[bytes]:
-            b = self._batch
-            entries = [(t, pos + i, s) for s in seqs for i, t in enumerate(toks)]
-            for i, (t, p, q) in enumerate(entries):
-                b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = t, p, 1, True
-                b.seq_id[i][0] = q
-            b.n_tokens = len(entries)
-            if lib.llama_decode(ctx, b) != 0:
-                raise self._decode_error(-1, len(entries))
-            width = lib.llama_vocab_n_tokens(self._vocab) * 4  # float32 logits as bytes
-            return [ctypes.string_at(lib.llama_get_logits_ith(ctx, i), width) for i in range(len(entries))]
-
-        try:
-            lib.llama_memory_clear(mem, True)
-            logits([0], 0, tokens[:-1])
-            alone = logits([0], n - 1, tokens[-1:])[0]
-            lib.llama_memory_clear(mem, True)
-            for s in range(self.slots):
-                logits([s], 0, tokens[:-1])
-            beside = logits(list(range(self.slots)), n - 1, tokens[-1:])
-            return all(x == alone for x in beside)
-        finally:
-            lib.llama_memory_clear(mem, True)
-
     def _accept(self, r: Request, token: int) -> None:
         if self._lib.llama_vocab_is_eog(self._vocab, token):
             return self._finish(r, "stop")
@@ -348,7 +348,11 @@ class Engine:
             if r in self._active:
                 self._active.remove(r)
                 mem = self._lib.llama_get_memory(self._ctx)
-                self._lib.llama_memory_seq_rm(mem, r._slot, -1, -1)
+                # the prompt's cells stay for the next request when caching (not the generated
+                # tokens': decoded one per call, they may differ from the same tokens in a prompt)
+                keep = r._fed if self.prompt_cache and error is None else 0
+                self._lib.llama_memory_seq_rm(mem, r._slot, keep, -1)
+                self._kept[r._slot] = r.tokens[:keep]
                 self._free.append(r._slot)
                 self._free.sort()
             self._cond.notify_all()
