@@ -27,8 +27,9 @@ from edgekit.types import Format, Precision
 # sample's extremes, NNCF's default for activations: one outlier sample no longer sets the range),
 # entropy or percentile (ORT's histogram methods)
 CALIBRATION_METHODS = ("minmax", "mean-minmax", "entropy", "percentile")
-FUSIONS = ("ort", "none")
+FUSIONS = ("onnx-attention", "ort", "none")
 FUSION_DEFAULT = "none"
+ATTENTION_OPSET = 23  # from this opset torch's exporter writes scaled_dot_product_attention as ONNX Attention
 
 
 @dataclass(frozen=True)
@@ -60,12 +61,15 @@ class OnnxOptions(CalibrationOptions):
     # range; unlisted, each conv kept a DequantizeLinear -> QuantizeLinear requantization pair at
     # run time (the sample CNN's int8 was 1.4-1.6x fp32's time, now 0.9-1.1x: bench/int8_cnn.py)
     int8_op_types: tuple[str, ...] = ("Conv", "ConvTranspose", "MatMul", "Gemm", "Gather", "Relu", "Clip")
-    # fp32: "ort" swaps the exporter's decomposed attention, LayerNorm and GELU for ONNX Runtime's
-    # fused operators (com.microsoft Attention, SkipLayerNormalization, BiasGelu; onnxscript's
-    # ort_fusions) when an attention block fuses; "none" keeps the exporter's graph. Other precisions
-    # start from the exporter's graph either way. Off by default: on all-MiniLM-L6-v2 it took 0.97-1.00x
-    # the plain graph's CPU time at 2 threads but 1.01-1.03x at 1, never beat Optimum's file beyond
-    # noise, and ties the file to ONNX Runtime's contrib ops (docs/benchmarks.md section 5)
+    # fp32: "onnx-attention" exports again at opset 23, where scaled_dot_product_attention becomes the
+    # standard ONNX Attention op (models that call it); "ort" swaps the exporter's decomposed attention,
+    # LayerNorm and GELU for ONNX Runtime's fused operators (com.microsoft Attention,
+    # SkipLayerNormalization, BiasGelu; onnxscript's ort_fusions) when an attention block fuses; "none"
+    # keeps the exporter's graph. Other precisions start from the exporter's graph either way. Off by
+    # default: on all-MiniLM-L6-v2 (AVX2, ORT 1.32) onnx-attention took 0.95-0.98x the plain graph's
+    # CPU time and 0.95-1.01x Optimum's file, ort 0.90-1.00x at 2 threads but 1.01-1.03x at 1; neither
+    # beat Optimum's file beyond noise, ONNX Attention needs ORT >= 1.23 (CPU kernel) and GPU/NPU
+    # providers may run it on the CPU, com.microsoft ops tie the file to ORT (docs/benchmarks.md section 5)
     fp32_fusion: str = FUSION_DEFAULT
     nodes_to_exclude: tuple[str, ...] = ()
     # PyTorch layer names (encoder.layer.0.output.dense) kept in float: mapped to node names, checked
@@ -168,7 +172,7 @@ class OnnxConverter(Converter):
             onnx_program.save(str(fp32), external_data=external)
         model = onnx.load(str(fp32), load_external_data=False)
         every = excl.layer_nodes(model, program, find_layers(ctx.source))  # for the int8 loop's exclusions
-        fused, fusion = _fuse(model, ctx, external)  # before the intermediate shapes go: the patterns need them
+        fused, fusion = _fuse(model, program, ctx, external)  # before the shapes go: the patterns need them
         graph.strip_value_info(model)
         graph.name_dynamic_axes(model, ctx.source.dynamic_axes)
         onnx.save(model, str(fp32))
@@ -228,15 +232,17 @@ def _to_onnx(program: Any, ctx: BuildContext, opts: OnnxOptions) -> Any:
                              output_names=ctx.source.output_names, verbose=False, **kwargs)
 
 
-def _fuse(model: Any, ctx: BuildContext, external: bool) -> tuple[Path | None, dict[str, Any]]:
-    """The fp32 graph with ONNX Runtime's fused transformer operators, saved beside the exported
-    one, when ``fp32_fusion=ort`` and an attention block fused; else None and the reason."""
+def _fuse(model: Any, program: Any, ctx: BuildContext, external: bool) -> tuple[Path | None, dict[str, Any]]:
+    """The fp32 graph with fused attention, saved beside the exported one, when ``fp32_fusion``
+    asks for it and the model has attention that fuses; else None and the reason."""
     import onnx
 
     if ctx.options.fp32_fusion == "none":
         return None, {"applied": False, "reason": "-O fp32_fusion=none"}
     if external:
         return None, {"applied": False, "reason": "weights above the external-data threshold"}
+    if ctx.options.fp32_fusion == "onnx-attention":
+        return _attention_op(program, ctx)
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     try:
@@ -252,6 +258,34 @@ def _fuse(model: Any, ctx: BuildContext, external: bool) -> tuple[Path | None, d
     path = ctx.workdir / "fused.onnx"
     onnx.save(fused, str(path))
     return path, {"applied": True, "fusions": counts}
+
+
+def _attention_op(program: Any, ctx: BuildContext) -> tuple[Path | None, dict[str, Any]]:
+    """fp32 exported again at :data:`ATTENTION_OPSET`, where the exporter writes
+    ``scaled_dot_product_attention`` as the ONNX ``Attention`` operator."""
+    import onnx
+
+    opts: OnnxOptions = ctx.options
+    if not any("scaled_dot_product_attention" in str(n.target) for n in program.graph.nodes
+               if n.op == "call_function"):
+        return None, {"applied": False, "reason": "no scaled_dot_product_attention in the model"}
+    if (opts.opset or 0) >= ATTENTION_OPSET:
+        return None, {"applied": False, "reason": f"-O opset={opts.opset} already writes the Attention op"}
+    path = ctx.workdir / "attention.onnx"
+    try:
+        _to_onnx(program, ctx, replace(opts, opset=ATTENTION_OPSET)).save(str(path))
+        model = onnx.load(str(path))
+        graph.strip_value_info(model)
+        graph.name_dynamic_axes(model, ctx.source.dynamic_axes)
+        onnx.checker.check_model(model)
+    except Exception as e:  # the exporter or the checker on this opset: keep the first export
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return None, {"applied": False, "reason": f"opset {ATTENTION_OPSET} export failed: {first}"}
+    ops = sum(n.op_type == "Attention" and n.domain in ("", "ai.onnx") for n in model.graph.node)
+    if not ops:
+        return None, {"applied": False, "reason": f"the opset {ATTENTION_OPSET} export has no Attention op"}
+    onnx.save(model, str(path))
+    return path, {"applied": True, "opset": ATTENTION_OPSET, "attention_ops": ops}
 
 
 def _export_error(e: Exception, program: Any) -> ExportError:
@@ -306,6 +340,9 @@ def _fp32(conv: OnnxConverter, base: Base, out: Path, ctx: BuildContext) -> tupl
         _save(onnx.load(str(base.fp32)), out, base.external)
         return route, {"fusion": base.fusion}
     _save(onnx.load(str(base.fused)), out, base.external)
+    if "opset" in base.fusion:
+        return (f"torch.export + torch.onnx.export(dynamo=True, opset {base.fusion['opset']}: "
+                "scaled_dot_product_attention as the ONNX Attention op)"), {"fusion": base.fusion}
     return route + " + onnxscript ort_fusions (ONNX Runtime's fused transformer operators)", {"fusion": base.fusion}
 
 
