@@ -10,7 +10,8 @@ Variants built here from edgekit's files (nothing is changed in edgekit):
   SkipLayerNormalization); ONNX Runtime's transformer optimizer run offline (``model_type=bert``),
   on edgekit's and on Optimum's graph; and three other export routes: edgekit's converter with
   ``-O fp32_fusion=ort`` (onnxscript's ort_fusions: com.microsoft Attention, SkipLayerNormalization,
-  BiasGelu), with ``-O opset=23`` (the dynamo exporter writes the ONNX ``Attention`` op), and the
+  BiasGelu), with ``-O fp32_fusion=onnx-attention`` (re-exported at opset 23, where the dynamo
+  exporter writes the ONNX ``Attention`` op), and the
   TorchScript exporter (``dynamo=False``, what Optimum uses) followed by the offline optimizer.
 - OpenVINO fp32 / int8-weights: reshape targets built from ``ShapeOf`` folded to constants (the
   head count becomes static) and the no-op reshape after attention dropped.
@@ -74,7 +75,8 @@ def export_routes(model_dir: Path, out: Path) -> dict[str, Path]:
 
     files = {}
     for label, stem, options in (("edgekit -O fp32_fusion=ort", "route-fused", {"fp32_fusion": "ort"}),
-                                 ("edgekit -O opset=23", "route-opset23", {"opset": 23})):
+                                 ("edgekit -O fp32_fusion=onnx-attention", "route-attention",
+                                  {"fp32_fusion": "onnx-attention"})):
         files[label] = out / f"{stem}-fp32.onnx"
         if not files[label].is_file():
             edgekit.convert(str(model_dir), targets=["onnx"], precisions=["fp32"], seq_len=128, out=out, name=stem,
