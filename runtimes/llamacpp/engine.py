@@ -312,6 +312,8 @@ class Engine:
                 # a K/V cache the slots share (kv_layout "unified") is full: the longest sequence
                 # ends there, as at the end of its context, and the others go on without it
                 longest = max(group, key=lambda entry: entry[2])[0]
+                # a prompt's chunk that failed: its cells are not there to keep
+                longest._fed = min([longest._fed] + [pos for r, _, pos, _ in group if r is longest])
                 self._finish(longest, "length")
                 group = [entry for entry in group if entry[0] is not longest]
             if group and rc != 0:
