@@ -2,7 +2,7 @@
 
 Left out of the quantizer's op list, each Relu/Clip kept its own QuantizeLinear with a range of
 its own, so at run time every convolution ended in a DequantizeLinear -> QuantizeLinear
-requantization pair (the sample CNN's int8 took 1.4-1.6x fp32's time; ``bench/int8_cnn.py``). With
+requantization pair (the sample CNN's int8 took 1.3-1.6x fp32's time; ``bench/int8_cnn.py``). With
 Relu and Clip listed, ONNX Runtime's quantizer removes them after a quantized op and gives that
 op their range: no activation node and no requantization pair is left, at the same accuracy.
 """

@@ -59,7 +59,7 @@ class OnnxOptions(CalibrationOptions):
     # cost a 2-layer encoder its agreement (cosine 0.80 -> 0.9998 with this list). Relu and Clip
     # (ReLU6) are listed so that ORT removes them after a quantized op and gives that op their
     # range; unlisted, each conv kept a DequantizeLinear -> QuantizeLinear requantization pair at
-    # run time (the sample CNN's int8 was 1.4-1.6x fp32's time, now 0.9-1.1x: bench/int8_cnn.py)
+    # run time (the sample CNN's int8 took 1.3-1.6x fp32's time, now 1.05-1.16x: bench/int8_cnn.py)
     int8_op_types: tuple[str, ...] = ("Conv", "ConvTranspose", "MatMul", "Gemm", "Gather", "Relu", "Clip")
     # fp32: "onnx-attention" exports again at opset 23, where scaled_dot_product_attention becomes the
     # standard ONNX Attention op (models that call it); "ort" swaps the exporter's decomposed attention,
