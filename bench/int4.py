@@ -13,7 +13,9 @@ compute) and 4 (int8 activations), each against its format's fp32 and PyTorch ea
    timed calls per variant per round, the order rotating, and the share of the CPUs other processes
    used in each round): PyTorch eager fp32 (``torch.set_num_threads(T)``) and every artifact through
    ``edgekit.load(path, threads=T).run(feed)`` (OpenVINO with the manifest's f32 hint). Ratios are
-   medians over rounds of (a variant's block median / its format's fp32 block median, same round).
+   medians over rounds of (a variant's block median / its format's fp32 block median, same round);
+   also process CPU time per call (both runtime threads: ``cpu_p50_ms``, ``cpu_ratio_to_fp32``, a
+   ratio of medians), which a loaded host inflates far less than wall time.
 4. Embedding cosine to eager on the held-out sentences (mean pooling, L2 normalised), mean and worst.
 
     .venv/bin/python bench/int4.py            # markdown table; JSON in bench/results/int4.json
