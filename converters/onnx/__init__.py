@@ -66,8 +66,8 @@ class OnnxOptions(CalibrationOptions):
     # LayerNorm and GELU for ONNX Runtime's fused operators (com.microsoft Attention,
     # SkipLayerNormalization, BiasGelu; onnxscript's ort_fusions) when an attention block fuses; "none"
     # keeps the exporter's graph. Other precisions start from the exporter's graph either way. Off by
-    # default: on all-MiniLM-L6-v2 (AVX2, ORT 1.32) onnx-attention took 0.93-0.98x the plain graph's
-    # CPU time and 0.95-1.01x Optimum's file, ort 0.90-1.00x at 2 threads but 1.01-1.03x at 1; neither
+    # default: on all-MiniLM-L6-v2 (AVX2, ORT 1.32) onnx-attention took 0.93-0.99x the plain graph's
+    # CPU time and 0.95-1.01x Optimum's file, ort 0.90-1.00x at 2 threads but 1.01-1.06x at 1; neither
     # beat Optimum's file beyond noise, ONNX Attention needs ORT >= 1.23 (CPU kernel) and GPU/NPU
     # providers may run it on the CPU, com.microsoft ops tie the file to ORT (docs/benchmarks.md section 5)
     fp32_fusion: str = FUSION_DEFAULT
