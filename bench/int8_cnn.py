@@ -111,9 +111,18 @@ def with_outlier(net: Any, gain: float) -> Any:
     return nn.Sequential(OrderedDict(spread=spread, net=net)).eval()  # layer names "spread", "net.0", ...
 
 
-def setup(model: str, epochs: int, work: Path, eval_items: int, outlier: float = 0.0) -> Setup:
+def _resized(x: np.ndarray, size: int) -> np.ndarray:
+    """Images (N, 1, 28, 28) upsampled to ``size`` x ``size`` (bilinear): a larger input for speed runs."""
+    import torch
+
+    t = torch.nn.functional.interpolate(torch.as_tensor(x), size=(size, size), mode="bilinear", align_corners=False)
+    return t.numpy().astype(np.float32)
+
+
+def setup(model: str, epochs: int, work: Path, eval_items: int, outlier: float = 0.0, size: int = 28) -> Setup:
     """Train (or reuse) ``model``, write calibration and ``eval_items`` test images with labels;
-    ``outlier`` > 0 wraps the trained model by :func:`with_outlier`."""
+    ``outlier`` > 0 wraps the trained model by :func:`with_outlier`; ``size`` != 28 upsamples
+    every image (the networks end in global pooling, so they take any size)."""
     import importlib
 
     from edgekit.sources import resolve_source
@@ -127,9 +136,17 @@ def setup(model: str, epochs: int, work: Path, eval_items: int, outlier: float =
     pick = np.random.default_rng(0).permutation(len(z["labels"]))[:eval_items]
     small_eval = work / "data" / "fashion-eval.npz"
     pixels, labels = z["pixels"][pick], z["labels"][pick]
+    if size != 28:
+        pixels = _resized(pixels, size)
+        small_eval = work / "data" / f"fashion-eval-{size}.npz"
+        calib_big = work / "data" / f"fashion-calib-{size}.npz"
+        np.savez(calib_big, pixels=_resized(np.load(calib_npz)["pixels"], size))
+        calib_npz = calib_big
     np.savez(small_eval, pixels=pixels, labels=labels)
     kwargs = convert_kwargs(weights) | {"name": name}
     example = kwargs.pop("example_inputs")
+    if size != 28:
+        example = tuple(_resized(np.asarray(e), size) for e in example)
     source: Any = factory
     if outlier > 0:
         mod, _, attr = factory.partition(":")
@@ -240,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--outlier", type=float, default=0.0,
                     help="wrap the model with an unread input channel of this gain (with_outlier; 0: off)")
     ap.add_argument("--plain-only", action="store_true", help="fp32 and plain static int8 only (speed runs)")
+    ap.add_argument("--size", type=int, default=28, help="upsample every image to SIZE x SIZE (speed runs)")
     ap.add_argument("--batches", default="1", help="comma separated batch sizes to time (e.g. 1,16,64)")
     add_timing_args(ap, warmup=5, rounds=20, block=10)
     ap.add_argument("--work", type=Path, default=HERE / "results" / "int8_cnn")
@@ -250,8 +268,9 @@ def main(argv: list[str] | None = None) -> int:
     import edgekit
 
     batches = [int(b) for b in args.batches.split(",")]
-    s = setup(args.model, args.epochs, args.work, max(args.eval_items, *batches), args.outlier)
-    tag = args.model + (f"_outlier{args.outlier:g}" if args.outlier else "") + ("_plain" if args.plain_only else "")
+    s = setup(args.model, args.epochs, args.work, max(args.eval_items, *batches), args.outlier, args.size)
+    tag = (args.model + (f"_outlier{args.outlier:g}" if args.outlier else "") + ("_plain" if args.plain_only else "")
+           + (f"_{args.size}px" if args.size != 28 else ""))
     rows: dict[str, dict[str, Any]] = {}
     for label, (fmt, precision, opts) in _variants(args.formats.split(","), args.plain_only).items():
         t0 = time.perf_counter()
