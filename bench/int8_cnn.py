@@ -26,7 +26,7 @@ edgekit's accuracy-aware loop, against NNCF's ``quantize_with_accuracy_control``
    wall and process CPU time per call, medians; ratios to fp32 ONNX Runtime at the same batch.
 
     .venv/bin/python bench/int8_cnn.py --outlier 40 --eval-items 1000 --rounds 15 --batches 1,16,64
-    .venv/bin/python bench/int8_cnn.py [--model mobilenet] --plain-only --batches 1,16,64
+    .venv/bin/python bench/int8_cnn.py [--model mobilenet] --plain-only --batches 1,16,64 [--size 112]
     # markdown table; JSON in bench/results/int8_cnn_<model>[_outlier40][_plain].json
 """
 
