@@ -59,7 +59,8 @@ def worker(layout: str, parallel: int, n_ctx: int, threads: int, n_gen: int) -> 
     import edgekit
 
     t0 = time.perf_counter()
-    with edgekit.load(smollm2(), threads=threads, n_ctx=n_ctx, parallel=parallel, kv_layout=layout) as m:
+    with edgekit.load(smollm2(), threads=threads, n_ctx=n_ctx, parallel=parallel, kv_layout=layout,
+                      prompt_cache=False) as m:  # every prompt decoded whole: the layouts alone compared
         load_s, rss_load = time.perf_counter() - t0, vm_rss_mb()
         info = m.describe()
         alone = [m.generate(p, max_tokens=n_gen, temperature=0.0) for p in PROMPTS]
