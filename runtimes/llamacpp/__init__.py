@@ -34,6 +34,7 @@ from edgekit.runtimes import RUNTIMES
 from edgekit.runtimes.llamacpp import exact
 from edgekit.runtimes.llamacpp.engine import Engine, Request, Sampling
 from edgekit.runtimes.llamacpp.log import LlamaLog, llama_cpp_module
+from edgekit.runtimes.llamacpp.pieces import Pieces, PieceStream
 from edgekit.types import Device, Format, Signature, TensorSpec
 
 DEFAULT_CTX = 4096  # context when the caller gives none (capped at the model's training context)
@@ -379,8 +380,8 @@ class LlamaCppModel(Model):
 
     def _collect(self, stream: bool, **request: Any) -> str | Iterator[str]:
         """One generation started with :meth:`start_generation`: its pieces as they come, or the text."""
-        pieces = _Pieces()
-        started = _Stream(pieces, self.start_generation(on_piece=pieces.put, on_done=pieces.end, **request))
+        pieces = Pieces()
+        started = PieceStream(pieces, self.start_generation(on_piece=pieces.put, on_done=pieces.end, **request))
         if stream:
             return started
         with started:
@@ -498,57 +499,3 @@ def _stops(stop: str | Sequence[str] | None) -> list[str]:
     if stop is None:
         return []
     return [stop] if isinstance(stop, str) else list(stop)
-
-
-class _Pieces:
-    """Where the engine puts a generation's pieces (``None`` once it ended), for :class:`_Stream`."""
-
-    def __init__(self) -> None:
-        import queue
-
-        self.queue: queue.SimpleQueue = queue.SimpleQueue()
-        self.put = self.queue.put
-
-    def end(self, request: Request) -> None:
-        self.queue.put(None)
-
-
-class _Stream:
-    """The pieces of one generation as they come (``generate``/``chat`` with ``stream=True``): an
-    iterator that blocks for the next piece. Closing it, leaving its ``with`` block, or dropping it
-    (read or not) cancels the generation, which frees its slot at the engine's next step. (A
-    generator would not do: one never started runs no ``finally`` when it is dropped.) The engine
-    holds the request and the :class:`_Pieces`, never this object, so dropping it finalizes it."""
-
-    def __init__(self, pieces: _Pieces, request: Request) -> None:
-        import weakref
-
-        self._queue, self._request, self._ended = pieces.queue, request, False
-        self._cancel = weakref.finalize(self, request.cancel)  # dropped: cancel (a no-op once ended)
-        self._cancel.atexit = False
-
-    def __iter__(self) -> _Stream:
-        return self
-
-    def __next__(self) -> str:
-        if self._ended:
-            raise StopIteration
-        piece = self._queue.get()
-        if piece is None:
-            self._ended = True
-            self._cancel.detach()
-            if self._request.error is not None:
-                raise self._request.error
-            raise StopIteration
-        return piece
-
-    def close(self) -> None:
-        """Stop the generation (its slot freed at the engine's next step); the iterator ends."""
-        self._ended = True
-        self._cancel()
-
-    def __enter__(self) -> _Stream:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
