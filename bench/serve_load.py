@@ -8,7 +8,7 @@ its GGUF generation compares with llama-cpp-python's own OpenAI server on the sa
    extension, one keep-alive ``http.client`` connection), every block interleaved, medians. A
    stand-in model with MiniLM's inputs and output that computes nothing (built here with ``onnx``)
    gives the server's own cost with next to no model time for a busy host to stretch.
-   ``edgekit serve`` loads ONNX models with ``spinning=run``; ``--server-spin true,false`` adds
+   ``edgekit serve`` loads ONNX models with ORT's own spinning; ``--server-spin run,false`` adds
    servers with those settings beside it (in-process ``Model.run`` keeps its own setting).
 2. **Dynamic batching**: OIP BYTES text requests (one news sentence each, 8 to 40 tokens) at
    concurrency 1, 4 and 16 against a server with ``--max-batch 1`` and one with

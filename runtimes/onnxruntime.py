@@ -36,9 +36,6 @@ class OrtModel(Model):
     module = "onnxruntime"
     extra = "onnxruntime"
     concurrent = True  # InferenceSession.run is thread-safe
-    # `edgekit serve`: the pool spins during a run, not after it, when the event loop and the
-    # clients need the cores (-O onnxruntime.spinning=true|false overrides; docs/serving.md)
-    serve_options: dict[str, Any] = {"spinning": "run"}
 
     @classmethod
     def devices(cls) -> dict[Device, list[str]]:
