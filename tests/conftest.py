@@ -328,23 +328,27 @@ def tok_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-@pytest.fixture(scope="session")
-def lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 1-layer Llama with test_gguf's BPE tokenizer and chat template, as f16 GGUF (the LLM serve and
-    engine tests')."""
+def tiny_llama_gguf(tmp: Path, *, hidden: int = 64, max_positions: int = 256, precision: str = "f16") -> Path:
+    """A 1-layer Llama with random weights, test_gguf's BPE tokenizer and chat template, converted
+    by edgekit to GGUF at ``precision`` in ``tmp``."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     import edgekit
 
-    tmp = tmp_path_factory.mktemp("lm")
     (tmp / "tok").mkdir()
     bpe_tokenizer(tmp / "tok")
-    cfg = LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
+    cfg = LlamaConfig(vocab_size=512, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=max_positions,
                       bos_token_id=1, eos_token_id=2, pad_token_id=2, architectures=["LlamaForCausalLM"])
     src = save_random_lm(LlamaForCausalLM(cfg), tmp / "llama", tmp / "tok")
-    (art,) = edgekit.convert(src, targets=["gguf"], precisions=["f16"], out=tmp / "out", name="lm")
+    (art,) = edgekit.convert(src, targets=["gguf"], precisions=[precision], out=tmp / "out", name="lm")
     return art.path
+
+
+@pytest.fixture(scope="session")
+def lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Llama as f16 GGUF (the LLM serve and engine tests')."""
+    return tiny_llama_gguf(tmp_path_factory.mktemp("lm"))
 
 
 @pytest.fixture(scope="session")

@@ -602,19 +602,9 @@ def test_lone_surrogate_over_http_is_a_400(text_clf: Path) -> None:
 def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.importorskip("llama_cpp")
     pytest.importorskip("gguf")
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from tests.conftest import tiny_llama_gguf
 
-    from tests.conftest import bpe_tokenizer, save_random_lm
-
-    tmp = tmp_path_factory.mktemp("gguf")
-    (tmp / "tok").mkdir()
-    bpe_tokenizer(tmp / "tok")
-    cfg = LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128,
-                      bos_token_id=1, eos_token_id=2, pad_token_id=2, architectures=["LlamaForCausalLM"])
-    src = save_random_lm(LlamaForCausalLM(cfg), tmp / "llama", tmp / "tok")
-    (art,) = edgekit.convert(src, targets=["gguf"], precisions=["f16"], out=tmp / "out", name="lm")
-    return art.path
+    return tiny_llama_gguf(tmp_path_factory.mktemp("gguf"), max_positions=128)
 
 
 GGUF_CASES = [  # (n_ctx=64 is padded to llama.cpp's 256)

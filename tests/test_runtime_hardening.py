@@ -107,19 +107,11 @@ def test_a_gguf_model_is_bit_identical_from_8_threads(tmp_path: Path) -> None:
     """llama.cpp has one context per model: run() and logits() take turns."""
     pytest.importorskip("llama_cpp")
     pytest.importorskip("gguf")
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from tests.conftest import tiny_llama_gguf
 
-    from tests.conftest import bpe_tokenizer, save_random_lm
-
-    (tmp_path / "tok").mkdir()
-    bpe_tokenizer(tmp_path / "tok")
-    cfg = LlamaConfig(vocab_size=512, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
-                      bos_token_id=1, eos_token_id=2, pad_token_id=2, architectures=["LlamaForCausalLM"])
-    src = save_random_lm(LlamaForCausalLM(cfg), tmp_path / "llama", tmp_path / "tok")
-    (art,) = edgekit.convert(src, targets=["gguf"], precisions=["fp32"], out=tmp_path / "out", name="lm")
+    path = tiny_llama_gguf(tmp_path, hidden=32, max_positions=64, precision="fp32")
     ids = np.random.default_rng(2).integers(3, 512, (CALLS, 1, 3)).astype(np.int64)
-    with edgekit.load(art.path, threads=1) as m:
+    with edgekit.load(path, threads=1) as m:
         want = np.stack([m.run(input_ids=x)["logits"] for x in ids])
         _assert_same_from_threads(  # run() and logits() interleaved: both take the model's turn
             want, lambda t, k, i: m.run(input_ids=ids[i])["logits"] if k % 2 else m.logits(ids[i][0])[None],
