@@ -32,7 +32,8 @@ FIX = "pip install 'edgekit[convert]'"
 
 
 # modules that define EdgekitError subclasses of their own (serving, devices, honest precisions)
-DEFINING = ("edgekit.serve.responses", "edgekit.serve.batching", "edgekit.devices.ssh", "edgekit.optimize.bits")
+DEFINING = ("edgekit.serve.responses", "edgekit.serve.batching", "edgekit.serve.llm", "edgekit.devices.ssh",
+            "edgekit.optimize.bits")
 
 
 def _all_errors() -> list[type[errors_module.EdgekitError]]:
@@ -50,8 +51,8 @@ def _all_errors() -> list[type[errors_module.EdgekitError]]:
 
 def _instance(cls: type[errors_module.EdgekitError]) -> errors_module.EdgekitError:
     """One of each error class, every positional argument a string with brackets in it."""
-    params = [p for p in inspect.signature(cls.__init__).parameters.values()
-              if p.name != "self" and p.kind is p.POSITIONAL_OR_KEYWORD and p.default is p.empty]
+    params = [p for p in inspect.signature(cls.__init__).parameters.values()  # "problem" even with a default
+              if p.name != "self" and p.kind is p.POSITIONAL_OR_KEYWORD and (p.default is p.empty or p.name == "problem")]
     args = [PROBLEM if p.name == "problem" else 400 if p.annotation in ("int", int) else f"{p.name}[x]"
             for p in params]
     return cls(*args, fix=FIX)

@@ -36,9 +36,9 @@ Receive = Callable[[], Any]  # the ASGI receive channel (awaitable messages)
 class ClientGone(HTTPError):
     """The client closed the connection before its generation ended (answered to nobody)."""
 
-    def __init__(self) -> None:
-        super().__init__(499, "the client closed the connection before the generation ended",
-                         fix="keep the connection open until the answer arrives, or stream it")
+    def __init__(self, problem: str = "the client closed the connection before the generation ended", *,
+                 fix: str | None = "keep the connection open until the answer arrives, or stream it") -> None:
+        super().__init__(499, problem, fix=fix)
 
 
 @dataclass
