@@ -21,6 +21,13 @@ class EdgekitError(Exception):
         super().__init__(problem if fix is None else f"{problem}\n  fix: {fix}")
 
 
+def first_line(e: BaseException) -> str:
+    """The first non-blank line of a native library's message (its class name when it has none),
+    for a problem text that stays one line."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 class EdgekitWarning(UserWarning):
     """Something edgekit adjusted or cleaned up for the user (a thread count capped, stale staging
     folders removed); the library warns, the CLI prints it as ``warning: ...``."""

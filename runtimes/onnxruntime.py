@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.errors import ArtifactError, ConfigError, RuntimeFailure
+from edgekit.errors import ArtifactError, ConfigError, RuntimeFailure, first_line
 from edgekit.runtime import Model
 from edgekit.runtimes import RUNTIMES
 from edgekit.types import Device, Format, Signature, TensorSpec
@@ -94,8 +94,7 @@ class OrtModel(Model):
         try:
             self._session = ort.InferenceSession(str(self.path), sess_options=so, providers=providers)
         except Exception as e:  # ORT's pybind errors (InvalidProtobuf, Fail, ...) share no base
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ArtifactError(f"onnxruntime cannot load {self.path.name}: {first}",
+            raise ArtifactError(f"onnxruntime cannot load {self.path.name}: {first_line(e)}",
                                 fix="the file may be truncated or corrupt: re-run `edgekit convert` "
                                 "or copy it again with its .data file") from e
         wanted = providers[0]

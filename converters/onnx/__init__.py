@@ -17,7 +17,7 @@ import numpy as np
 
 from edgekit.converters import CONVERTERS, BuildContext, Built, Converter
 from edgekit.converters.onnx import graph
-from edgekit.errors import CalibrationError, ExportError, QuantizationError
+from edgekit.errors import CalibrationError, ExportError, QuantizationError, first_line
 from edgekit.optimize.bits import fractions
 from edgekit.optimize.int8_prep import CalibrationOptions
 from edgekit.quiet import quiet as _quiet
@@ -204,7 +204,7 @@ class OnnxConverter(Converter):
             raise
         except Exception as e:
             raise QuantizationError(f"{precision.value} quantization of {ctx.source.name} failed: "
-                                    f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}",
+                                    f"{first_line(e)}",
                                     fix="try another precision, or exclude the failing nodes with "
                                     "-O nodes_to_exclude=NAME,...") from e
         import onnx
@@ -251,8 +251,7 @@ def _fuse(model: Any, program: Any, ctx: BuildContext, external: bool) -> tuple[
         graph.name_dynamic_axes(fused, ctx.source.dynamic_axes)
         onnx.checker.check_model(fused)
     except Exception as e:  # onnxscript's rewriter on a graph it does not expect: keep the exporter's
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        return None, {"applied": False, "reason": f"onnxscript ort_fusions failed: {first}"}
+        return None, {"applied": False, "reason": f"onnxscript ort_fusions failed: {first_line(e)}"}
     if not graph.ATTENTION_FUSIONS & set(counts):
         return None, {"applied": False, "reason": "no attention block fused", "fusions": counts}
     path = ctx.workdir / "fused.onnx"
@@ -279,8 +278,7 @@ def _attention_op(program: Any, ctx: BuildContext) -> tuple[Path | None, dict[st
         graph.name_dynamic_axes(model, ctx.source.dynamic_axes)
         onnx.checker.check_model(model)
     except Exception as e:  # the exporter or the checker on this opset: keep the first export
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        return None, {"applied": False, "reason": f"opset {ATTENTION_OPSET} export failed: {first}"}
+        return None, {"applied": False, "reason": f"opset {ATTENTION_OPSET} export failed: {first_line(e)}"}
     ops = sum(n.op_type == "Attention" and n.domain in ("", "ai.onnx") for n in model.graph.node)
     if not ops:
         return None, {"applied": False, "reason": f"the opset {ATTENTION_OPSET} export has no Attention op"}
@@ -297,7 +295,7 @@ def _export_error(e: Exception, program: Any) -> ExportError:
         return ExportError(f"the ONNX exporter has no translation for operator {failing_op}{place}",
                            fix="replace that operator in the module (or move it out of forward()), "
                            "or register a custom ONNX translation for it")
-    first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
+    first = first_line(e)
     return ExportError(f"ONNX export failed: {first}",
                        fix="run torch.onnx.export(..., dynamo=True, report=True) for the full report")
 

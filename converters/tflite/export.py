@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgekit.errors import CalibrationError, ConfigError, ExportError
+from edgekit.errors import CalibrationError, ConfigError, ExportError, first_line
 from edgekit.options import parse_shapes as _parse_shapes
 from edgekit.runtimes.litert.plan import InputPlan, OutputPlan, Plan
 
@@ -251,7 +251,6 @@ def to_torch(feed: Feed) -> dict[str, Any]:
 
 
 def check_traceable(e: Exception, source: ModelSource) -> ExportError:
-    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return ExportError(f"litert-torch could not convert {source.name}: {first}",
+    return ExportError(f"litert-torch could not convert {source.name}: {first_line(e)}",
                        fix="make forward() traceable by torch.export (no data-dependent control flow), "
                        "or replace the operator LiteRT lacks; fixed shapes: -O tflite.input_shapes=...")
