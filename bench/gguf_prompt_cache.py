@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+from bench._common import run_worker  # noqa: E402
 from bench.gguf_kv import smollm2  # noqa: E402
 
 SYSTEM = ("You are a careful assistant for a small town's library. You answer questions about opening hours, "
@@ -73,10 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in range(a.rounds):
         loads.append(os.getloadavg()[0])
         for side in (("on", "off") if r % 2 == 0 else ("off", "on")):
-            out = subprocess.run([sys.executable, __file__, "--worker", side, "--parallel", str(a.parallel),
-                                  "--threads", str(a.threads), "--reply", str(a.reply)],
-                                 capture_output=True, text=True, check=True)
-            runs[side].append(json.loads(out.stdout.strip().splitlines()[-1]))
+            runs[side].append(run_worker(__file__, "--worker", side, "--parallel", str(a.parallel),
+                                         "--threads", str(a.threads), "--reply", str(a.reply)))
     med = {side: statistics.median(t for x in rs for t in x["ttft_ms"]) for side, rs in runs.items()}
     same = all(x["texts"] == runs["off"][0]["texts"] for rs in runs.values() for x in rs)
     print(f"SmolLM2-135M-Instruct Q4_1, parallel={a.parallel}, threads={a.threads}, {len(CHATS)} chats x "

@@ -37,17 +37,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _common import vm_rss_mb
 
 HERE = Path(__file__).resolve().parent
 FORMATS = {"onnx": ".onnx", "openvino": ".xml", "tflite": ".tflite"}
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def _digits() -> np.ndarray:
@@ -68,7 +61,7 @@ def soak(path: str, calls: int, warmup: int, threads: int, **_: Any) -> dict[str
         first = [m.run({name: x[None]}) for x in xs]
         for i in range(warmup):
             m.run({name: xs[i % len(xs)][None]})
-        base, marks, differ = _rss_mb(), [], 0
+        base, marks, differ = vm_rss_mb(), [], 0
         step = max(calls // 10, 1)
         t0 = time.perf_counter()
         for i in range(calls):
@@ -76,7 +69,7 @@ def soak(path: str, calls: int, warmup: int, threads: int, **_: Any) -> dict[str
             want = first[i % len(xs)]
             differ += any(not np.array_equal(out[k], want[k]) for k in want)
             if (i + 1) % step == 0:
-                marks.append(round(_rss_mb(), 2))
+                marks.append(round(vm_rss_mb(), 2))
         seconds = time.perf_counter() - t0
     return {"calls": calls, "warmup": warmup, "rss_after_warmup_mb": round(base, 2), "rss_marks_mb": marks,
             "growth_mb": round(marks[-1] - base, 2), "growth_pct": round(100 * (marks[-1] - base) / base, 2),
