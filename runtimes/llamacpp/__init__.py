@@ -32,7 +32,7 @@ from edgekit.errors import ArtifactError, ConfigError, DeviceUnavailableError, I
 from edgekit.runtime import Model
 from edgekit.runtimes import RUNTIMES
 from edgekit.runtimes.llamacpp import exact
-from edgekit.runtimes.llamacpp.engine import Engine, Request, Sampling
+from edgekit.runtimes.llamacpp.engine import Engine, Request, Sampling, fill_batch
 from edgekit.runtimes.llamacpp.log import LlamaLog, llama_cpp_module
 from edgekit.runtimes.llamacpp.pieces import Pieces, PieceStream
 from edgekit.types import Device, Format, Signature, TensorSpec
@@ -317,13 +317,7 @@ class LlamaCppModel(Model):
         if not 0 < n <= self.n_batch:  # llama.cpp asserts (aborts the process) on a larger batch
             raise RuntimeFailure(f"cannot decode {n} tokens at once (n_batch is {self.n_batch})",
                                  fix="pass at most n_batch tokens per decode call")
-        b.n_tokens = n
-        for i in range(n):
-            b.token[i] = int(tokens[i])
-            b.pos[i] = pos0 + i
-            b.n_seq_id[i] = 1
-            b.seq_id[i][0] = 0
-            b.logits[i] = 1 if all_logits or i == n - 1 else 0
+        fill_batch(b, [(int(tokens[i]), pos0 + i, 0, all_logits or i == n - 1) for i in range(n)])
         mark = LlamaLog.mark()
         rc = self._llama_cpp.llama_decode(self._ctx, b)
         if rc != 0:

@@ -115,6 +115,14 @@ class Request:
             self._engine.wake()
 
 
+def fill_batch(batch: Any, entries: Sequence[tuple[int, int, int, bool]]) -> None:
+    """Put (token, position, sequence, logits wanted?) entries into a ``llama_batch``, one sequence each."""
+    for i, (token, pos, seq, logits) in enumerate(entries):
+        batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = token, pos, 1, logits
+        batch.seq_id[i][0] = seq
+    batch.n_tokens = len(entries)
+
+
 def _shared(kept: list[int], tokens: list[int]) -> int:
     """How many tokens ``tokens`` starts with that ``kept`` starts with too."""
     return next((i for i, (a, b) in enumerate(zip(kept, tokens)) if a != b), min(len(kept), len(tokens)))
@@ -299,14 +307,10 @@ class Engine:
     def _decode(self, groups: list[list[tuple[Request, int, int, bool]]]) -> None:
         """Each group as one ``llama_decode`` (token, position, sequence's slot, logits wanted?),
         then a token sampled for every entry that asked for logits."""
-        b = self._batch
         for group in groups:
             while group:
-                for i, (r, tok, pos, logits) in enumerate(group):
-                    b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = tok, pos, 1, logits
-                    b.seq_id[i][0] = r._slot
-                b.n_tokens = len(group)
-                rc = self._lib.llama_decode(self._ctx, b)
+                fill_batch(self._batch, [(tok, pos, r._slot, logits) for r, tok, pos, logits in group])
+                rc = self._lib.llama_decode(self._ctx, self._batch)
                 if rc != NO_KV_SLOT:
                     break
                 # a K/V cache the slots share (kv_layout "unified") is full: the longest sequence

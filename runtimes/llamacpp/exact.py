@@ -10,18 +10,17 @@ import ctypes
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from edgekit.runtimes.llamacpp.engine import fill_batch
+
 if TYPE_CHECKING:
     from edgekit.runtimes.llamacpp.engine import Engine
 
 
 def _logits(engine: Engine, entries: list[tuple[int, int, int]]) -> list[bytes]:
     """Decode (token, position, sequence) entries in one call: every entry's logits, as bytes."""
-    lib, ctx, b = engine._lib, engine._ctx, engine._batch
-    for i, (t, p, q) in enumerate(entries):
-        b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = t, p, 1, True
-        b.seq_id[i][0] = q
-    b.n_tokens = len(entries)
-    if lib.llama_decode(ctx, b) != 0:
+    lib, ctx = engine._lib, engine._ctx
+    fill_batch(engine._batch, [(t, p, q, True) for t, p, q in entries])
+    if lib.llama_decode(ctx, engine._batch) != 0:
         raise engine._decode_error(-1, len(entries))
     width = lib.llama_vocab_n_tokens(engine._vocab) * 4  # float32 logits as bytes
     return [ctypes.string_at(lib.llama_get_logits_ith(ctx, i), width) for i in range(len(entries))]
